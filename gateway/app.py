@@ -1,0 +1,94 @@
+"""The app factory. Nothing happens at import; the lifespan owns every long-lived collaborator."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import httpx
+from fastapi import FastAPI
+
+from adapters.lifecycle import AdapterLoader
+from adapters.registry import Registry
+from gateway.api import health, openai
+from gateway.errors import install_error_handlers
+from gateway.metrics import Metrics
+from gateway.proxy import Gateway
+from gateway.settings import Settings
+from gateway.upstream import ReplicaPool
+from router.classifier import Classifier
+from router.taxonomy import load_taxonomy
+
+logger = logging.getLogger(__name__)
+
+
+def build_registry(settings: Settings) -> Registry:
+    taxonomy = load_taxonomy(settings.routing.taxonomy_file)
+    return Registry(
+        settings.adapters, domains=taxonomy.ids, reserved_names=settings.base_aliases()
+    )
+
+
+def create_app(
+    settings: Settings,
+    *,
+    transport: httpx.AsyncBaseTransport | None = None,
+    classifier: Classifier | None = None,
+    metrics: Metrics | None = None,
+) -> FastAPI:
+    """Build the gateway. ``transport`` lets tests put a fake upstream behind httpx."""
+    # Validate the registry now, so a bad config fails before the server binds.
+    registry = build_registry(settings)
+    metrics = metrics or Metrics()
+    up = settings.upstream
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        timeout = httpx.Timeout(
+            connect=up.connect_timeout_s,
+            read=up.read_timeout_s,
+            write=up.write_timeout_s,
+            pool=up.pool_timeout_s,
+        )
+        limits = httpx.Limits(
+            max_connections=up.max_connections,
+            max_keepalive_connections=up.max_connections,
+            keepalive_expiry=60.0,
+        )
+        async with httpx.AsyncClient(transport=transport, timeout=timeout, limits=limits) as client:
+            loader = AdapterLoader(client, timeout_s=up.adapter_load_timeout_s)
+            pool = ReplicaPool(
+                up.base_urls(),
+                client,
+                metrics,
+                on_restart=loader.forget_replica,
+                health_interval_s=up.health_interval_s,
+            )
+            await pool.check_all()
+            if not pool.ready():
+                logger.warning("no upstream is ready yet: %s", ", ".join(up.base_urls()))
+            app.state.gateway = Gateway(
+                settings=settings,
+                client=client,
+                pool=pool,
+                registry=registry,
+                table=registry.routing_table(settings.base_aliases()),
+                loader=loader,
+                metrics=metrics,
+                classifier=classifier,
+            )
+            health_task = asyncio.create_task(pool.run_health_loop(), name="replica-health")
+            try:
+                yield
+            finally:
+                health_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await health_task
+
+    app = FastAPI(title="slm-gateway", version="0.1.0", lifespan=lifespan)
+    install_error_handlers(app)
+    app.include_router(openai.router)
+    app.include_router(health.router)
+    return app

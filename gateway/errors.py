@@ -1,0 +1,164 @@
+"""Every error a client can see, built in one place, in OpenAI's envelope.
+
+    GatewayError                    {"error": {"message", "type", "param", "code"}}
+    ├── InvalidRequestError         400  bad input (validation, malformed JSON, upstream 400)
+    ├── ModelNotFoundError          404  `model` is not auto, base, a domain or an adapter
+    ├── UpstreamError               502  the upstream answered with an error or garbage
+    ├── UpstreamUnavailableError    503  no upstream ready / connection refused
+    └── UpstreamTimeoutError        504  the upstream did not answer in time
+
+Once a stream has answered 200, a later error is sent as an SSE ``data: {"error": ...}`` frame
+followed by ``data: [DONE]``; the openai SDK raises it as ``APIError``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+logger = logging.getLogger(__name__)
+
+
+class GatewayError(Exception):
+    status_code = 500
+    type = "internal_error"
+    code: str | None = None
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+
+    def body(self) -> dict[str, Any]:
+        return error_body(self.message, self.type, param=self.param, code=self.code)
+
+
+class InvalidRequestError(GatewayError):
+    status_code = 400
+    type = "invalid_request_error"
+
+
+class ModelNotFoundError(GatewayError):
+    status_code = 404
+    type = "invalid_request_error"
+    code = "model_not_found"
+
+
+class UpstreamError(GatewayError):
+    status_code = 502
+    type = "upstream_error"
+
+
+class UpstreamUnavailableError(GatewayError):
+    status_code = 503
+    type = "service_unavailable"
+
+
+class UpstreamTimeoutError(GatewayError):
+    status_code = 504
+    type = "timeout"
+
+
+def error_body(
+    message: str, type_: str, *, param: str | None = None, code: str | int | None = None
+) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+def error_response(exc: GatewayError, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(exc.body(), status_code=exc.status_code, headers=headers)
+
+
+def sse_error_frame(exc: GatewayError) -> bytes:
+    return b"data: " + json.dumps(exc.body()).encode() + b"\n\ndata: [DONE]\n\n"
+
+
+def validation_error(exc: RequestValidationError) -> InvalidRequestError:
+    """Turn FastAPI's validation error list into one readable OpenAI-style message."""
+    errors = exc.errors()
+    if not errors:
+        return InvalidRequestError("Invalid request body.")
+    first = errors[0]
+    if first.get("type") == "json_invalid":
+        return InvalidRequestError(
+            "We could not parse the JSON body of your request: "
+            f"{first.get('ctx', {}).get('error', 'invalid JSON')}.",
+            code="invalid_json",
+        )
+    loc = [str(part) for part in first.get("loc", ()) if part != "body"]
+    param = ".".join(loc) or None
+    message = str(first.get("msg", "invalid value"))
+    if param:
+        message = f"{param}: {message}"
+    if len(errors) > 1:
+        message += f" (and {len(errors) - 1} more error{'s' if len(errors) > 2 else ''})"
+    return InvalidRequestError(message, param=param, code="invalid_value")
+
+
+def upstream_error_from_response(status_code: int, content: bytes) -> GatewayError:
+    """Map an upstream (vLLM) error answer to ours.
+
+    A 400/422 from vLLM is about the request (too many tokens, bad parameter): the client gets a
+    400 with vLLM's message. Anything else is our or the upstream's fault and becomes a 5xx.
+    """
+    message = _upstream_message(content)
+    if status_code in (400, 413, 422):
+        return InvalidRequestError(message, code="upstream_rejected")
+    if status_code == 503:
+        return UpstreamUnavailableError(f"upstream unavailable: {message}")
+    if status_code == 504:
+        return UpstreamTimeoutError(f"upstream timed out: {message}")
+    return UpstreamError(f"upstream error (HTTP {status_code}): {message}")
+
+
+def _upstream_message(content: bytes) -> str:
+    try:
+        data = json.loads(content)
+    except ValueError:
+        return content[:200].decode("utf-8", "replace") or "no message"
+    if isinstance(data, dict):
+        err = data.get("error")
+        if isinstance(err, dict) and isinstance(err.get("message"), str):
+            return err["message"]
+        if isinstance(data.get("message"), str):  # older vLLM: {"object": "error", ...}
+            return str(data["message"])
+    return "no message"
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    async def on_gateway_error(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, GatewayError)
+        return error_response(exc)
+
+    async def on_validation_error(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        return error_response(validation_error(exc))
+
+    async def on_http_error(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        type_ = "invalid_request_error" if exc.status_code < 500 else "internal_error"
+        return JSONResponse(
+            error_body(str(exc.detail), type_),
+            status_code=exc.status_code,
+            headers=getattr(exc, "headers", None),
+        )
+
+    async def on_unexpected(_: Request, exc: Exception) -> JSONResponse:
+        # Our bug: log the traceback for us, never send it to the client.
+        logger.exception("unhandled error")
+        return JSONResponse(
+            error_body("The gateway had an internal error.", "internal_error"), status_code=500
+        )
+
+    app.add_exception_handler(GatewayError, on_gateway_error)
+    app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.add_exception_handler(StarletteHTTPException, on_http_error)
+    app.add_exception_handler(Exception, on_unexpected)

