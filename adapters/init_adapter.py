@@ -40,6 +40,6 @@ def create_random_adapter(
     peft_model = get_peft_model(model, config)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    peft_model.save_pretrained(out_dir)
+    peft_model.save_pretrained(str(out_dir))
     logger.info("random LoRA adapter (rank %d, seed %d) written to %s", rank, seed, out_dir)
     return out_dir

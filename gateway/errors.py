@@ -127,7 +127,7 @@ def _upstream_message(content: bytes) -> str:
     if isinstance(data, dict):
         err = data.get("error")
         if isinstance(err, dict) and isinstance(err.get("message"), str):
-            return err["message"]
+            return str(err["message"])
         if isinstance(data.get("message"), str):  # older vLLM: {"object": "error", ...}
             return str(data["message"])
     return "no message"

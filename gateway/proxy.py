@@ -126,13 +126,20 @@ class Gateway:
     ) -> Response:
         started = time.perf_counter()
         request_id = f"slm-{uuid.uuid4().hex}"
-        decision = await self.route(body)
-        if decision.adapter is None and decision.reason not in (
-            RouteReason.EXPLICIT,
-            RouteReason.NO_CLASSIFIER,
-        ):
-            self.metrics.fallbacks.labels(decision.domain or NONE, decision.reason).inc()
-        decision, replica = await self._place(decision)
+        try:
+            decision = await self.route(body)
+            if decision.adapter is None and decision.reason not in (
+                RouteReason.EXPLICIT,
+                RouteReason.NO_CLASSIFIER,
+            ):
+                self.metrics.fallbacks.labels(decision.domain or NONE, decision.reason).inc()
+            decision, replica = await self._place(decision)
+        except GatewayError as exc:
+            # Refused before any upstream work (unknown model, no replica ready).
+            self.metrics.requests.labels(
+                endpoint, NONE, NONE, NONE, status_class(exc.status_code)
+            ).inc()
+            return error_response(exc)
         headers = route_headers(decision, request_id)
         body.model = decision.adapter or self.settings.upstream.served_model_name
         payload = body.model_dump_json(exclude_unset=True).encode()
@@ -244,7 +251,8 @@ class Gateway:
     def _upstream_failure(self, replica: Replica, status_code: int, content: bytes) -> GatewayError:
         error = upstream_error_from_response(status_code, content)
         if error.status_code >= 500:
-            self.metrics.upstream_errors.labels(replica.name, f"http_{status_class(status_code)}").inc()
+            kind = f"http_{status_class(status_code)}"
+            self.metrics.upstream_errors.labels(replica.name, kind).inc()
         if isinstance(error, UpstreamError) and status_code == 404:
             # The replica lost an adapter we believed resident (e.g. it restarted between
             # health checks): forget its state so the next request reloads.

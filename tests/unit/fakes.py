@@ -1,0 +1,96 @@
+"""A fake vLLM behind httpx.MockTransport: records what the gateway sent, answers like vLLM."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+import httpx
+
+
+@dataclass
+class FakeVllm:
+    model: str = "SmolLM2-135M-Instruct"
+    healthy: bool = True
+    loaded: set[str] = field(default_factory=set)
+    fail_loads: set[str] = field(default_factory=set)
+    load_calls: list[str] = field(default_factory=list)
+    requests: list[dict[str, object]] = field(default_factory=list)
+    # Override the completion behaviour: return a Response or raise an httpx error.
+    on_completion: Callable[[httpx.Request, dict[str, object]], httpx.Response] | None = None
+
+    def transport(self) -> httpx.MockTransport:
+        return httpx.MockTransport(self.handle)
+
+    async def handle(self, request: httpx.Request) -> httpx.Response:
+        path = request.url.path
+        if path == "/health":
+            return httpx.Response(200 if self.healthy else 503)
+        if not self.healthy:
+            raise httpx.ConnectError("connection refused", request=request)
+        body = json.loads(request.content) if request.content else {}
+        if path == "/v1/load_lora_adapter":
+            name = body["lora_name"]
+            self.load_calls.append(name)
+            if name in self.fail_loads:
+                return httpx.Response(
+                    404, json={"error": {"message": f"Loading lora {name} failed", "code": 404}}
+                )
+            if name in self.loaded:
+                return httpx.Response(
+                    400, json={"error": {"message": f"{name} has already been loaded"}}
+                )
+            self.loaded.add(name)
+            return httpx.Response(200, text="Success")
+        if path in ("/v1/chat/completions", "/v1/completions"):
+            self.requests.append(body)
+            if self.on_completion is not None:
+                return self.on_completion(request, body)
+            if body["model"] != self.model and body["model"] not in self.loaded:
+                return httpx.Response(
+                    404, json={"error": {"message": f"The model `{body['model']}` does not exist."}}
+                )
+            if body.get("stream"):
+                return httpx.Response(
+                    200, headers={"content-type": "text/event-stream"}, content=sse(body["model"])
+                )
+            return httpx.Response(200, json=completion(body["model"]))
+        return httpx.Response(404, json={"detail": "Not Found"})
+
+
+def completion(model: str, text: str = "Hello there") -> dict[str, object]:
+    return {
+        "id": "cmpl-1",
+        "object": "chat.completion",
+        "created": 0,
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": text},
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5},
+    }
+
+
+def chunk(model: str, content: str, finish: str | None = None) -> bytes:
+    data = {
+        "id": "cmpl-1",
+        "object": "chat.completion.chunk",
+        "created": 0,
+        "model": model,
+        "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": finish}],
+    }
+    return b"data: " + json.dumps(data).encode() + b"\n\n"
+
+
+async def sse(model: str, *, cut_after: int | None = None) -> AsyncIterator[bytes]:
+    words = ["Hello", " there", " friend"]
+    for i, word in enumerate(words):
+        if cut_after is not None and i == cut_after:
+            raise httpx.ReadError("connection reset by peer")
+        yield chunk(model, word, "stop" if i == len(words) - 1 else None)
+    yield b"data: [DONE]\n\n"
