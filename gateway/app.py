@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 
 import httpx
 from fastapi import FastAPI
+from httpx_aiohttp import AiohttpTransport
 
 from adapters.lifecycle import AdapterLoader
 from adapters.registry import Registry
@@ -57,7 +58,11 @@ def create_app(
             max_keepalive_connections=up.max_connections,
             keepalive_expiry=60.0,
         )
-        async with httpx.AsyncClient(transport=transport, timeout=timeout, limits=limits) as client:
+        # httpx's own pool scans every pooled connection on each request (O(n) syscalls), which
+        # capped the gateway at ~250 req/s with 32 clients; aiohttp's pool behind the same httpx
+        # API does not (see loadtests/bench_overhead.py). Tests pass a MockTransport instead.
+        upstream_transport = transport or AiohttpTransport(limits=limits)
+        async with httpx.AsyncClient(transport=upstream_transport, timeout=timeout) as client:
             loader = AdapterLoader(client, timeout_s=up.adapter_load_timeout_s)
             pool = ReplicaPool(
                 up.base_urls(),

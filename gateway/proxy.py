@@ -237,16 +237,20 @@ class Gateway:
     ) -> httpx.Response:
         try:
             return await self.client.send(upstream_request, stream=stream)
-        except httpx.TimeoutException as exc:
-            self.metrics.upstream_errors.labels(replica.name, "timeout").inc()
-            raise UpstreamTimeoutError("The upstream model server did not answer in time.") from exc
-        except httpx.TransportError as exc:
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            # (The aiohttp transport reports refused and dropped connections as ConnectTimeout.)
             self.metrics.upstream_errors.labels(replica.name, "connect").inc()
             # Let the health loop bring it back; until then nothing is placed there.
             replica.healthy = False
             raise UpstreamUnavailableError(
                 "The upstream model server could not be reached."
             ) from exc
+        except httpx.TimeoutException as exc:
+            self.metrics.upstream_errors.labels(replica.name, "timeout").inc()
+            raise UpstreamTimeoutError("The upstream model server did not answer in time.") from exc
+        except httpx.TransportError as exc:
+            self.metrics.upstream_errors.labels(replica.name, "transport").inc()
+            raise UpstreamError("The connection to the upstream model server failed.") from exc
 
     def _upstream_failure(self, replica: Replica, status_code: int, content: bytes) -> GatewayError:
         error = upstream_error_from_response(status_code, content)

@@ -13,7 +13,8 @@ from gateway.proxy import Gateway
 from router.policy import AUTO_MODEL, BASE_MODEL
 
 
-def get_gateway(request: Request) -> Gateway:
+async def get_gateway(request: Request) -> Gateway:
+    # async on purpose: FastAPI runs a sync dependency in a worker thread, per request.
     gateway: Gateway = request.app.state.gateway
     return gateway
 
