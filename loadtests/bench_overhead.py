@@ -28,30 +28,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import aiohttp
-import httpx
+
+from loadtests.servers import free_port, wait_ready
 
 ROOT = Path(__file__).resolve().parents[1]
 BODY = {"messages": [{"role": "user", "content": "Say hello in five words."}], "max_tokens": 8}
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _wait(url: str, timeout_s: float = 30) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError(url)
 
 
 @contextmanager
@@ -60,7 +41,7 @@ def _process(args: list[str], ready_url: str, env: dict[str, str] | None = None
     proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     try:
-        _wait(ready_url)
+        wait_ready(ready_url, 30, proc)
         yield
     finally:
         proc.terminate()
@@ -147,7 +128,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "bench_overhead.json")
     args = parser.parse_args()
 
-    upstream_port, gateway_port = _free_port(), _free_port()
+    upstream_port, gateway_port = free_port(), free_port()
     upstream = f"http://127.0.0.1:{upstream_port}"
     gateway = f"http://127.0.0.1:{gateway_port}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLM_GATEWAY_")}

@@ -4,15 +4,12 @@ adapters, and the real gateway as a separate process, both on loopback."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import openai
 import pytest
 import yaml
@@ -21,6 +18,7 @@ from adapters.base_model import BASE_NAME, prepare_base
 from adapters.init_adapter import create_random_adapter
 from gateway.engine import EmbeddedEngine
 from gateway.settings import EngineSettings
+from loadtests.servers import free_port, wait_ready
 
 ROOT = Path(__file__).resolve().parents[2]
 CACHE = ROOT / ".cache"
@@ -28,26 +26,6 @@ LOGS = ROOT / "var" / "log"
 
 # Two random adapters: what matters here is the serving path, not their quality.
 TEST_ADAPTERS = {"legal-rand": ("legal", 1), "finance-rand": ("finance", 2)}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_until(url: str, timeout_s: float, process: subprocess.Popen[bytes] | None = None) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            raise RuntimeError(f"process exited with {process.returncode} before {url} was ready")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise TimeoutError(f"{url} not ready within {timeout_s} s")
 
 
 @dataclass(frozen=True)
@@ -117,7 +95,7 @@ def gateway(vllm: Vllm, adapter_dirs: dict[str, Path], tmp_path_factory: pytest.
         )
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_until(f"{url}/readyz", 60, process)
+        wait_ready(f"{url}/readyz", 60, process)
         yield GatewayProcess(url=url, adapters={n: d for n, (d, _) in TEST_ADAPTERS.items()})
     finally:
         process.terminate()
