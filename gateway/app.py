@@ -14,8 +14,9 @@ from httpx_aiohttp import AiohttpTransport
 from adapters.lifecycle import AdapterLoader
 from adapters.registry import Registry
 from gateway.api import health, openai
+from gateway.api.openai import ENDPOINTS
 from gateway.errors import install_error_handlers
-from gateway.metrics import Metrics
+from gateway.metrics import NONE, Metrics
 from gateway.proxy import Gateway
 from gateway.settings import Settings
 from gateway.upstream import ReplicaPool
@@ -92,8 +93,13 @@ def create_app(
                 with contextlib.suppress(asyncio.CancelledError):
                     await health_task
 
+    def count_invalid(path: str) -> None:
+        endpoint = ENDPOINTS.get(path)
+        if endpoint is not None:  # only known paths: the label set stays bounded
+            metrics.requests.labels(endpoint, NONE, NONE, NONE, "4xx").inc()
+
     app = FastAPI(title="slm-gateway", version="0.1.0", lifespan=lifespan)
-    install_error_handlers(app)
+    install_error_handlers(app, on_invalid=count_invalid)
     app.include_router(openai.router)
     app.include_router(health.router)
     return app

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -133,13 +134,18 @@ def _upstream_message(content: bytes) -> str:
     return "no message"
 
 
-def install_error_handlers(app: FastAPI) -> None:
+def install_error_handlers(
+    app: FastAPI, *, on_invalid: Callable[[str], None] = lambda path: None
+) -> None:
+    """``on_invalid(path)`` is told of every request body refused by validation (for metrics)."""
+
     async def on_gateway_error(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, GatewayError)
         return error_response(exc)
 
-    async def on_validation_error(_: Request, exc: Exception) -> JSONResponse:
+    async def on_validation_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
+        on_invalid(request.url.path)
         return error_response(validation_error(exc))
 
     async def on_http_error(_: Request, exc: Exception) -> JSONResponse:

@@ -199,6 +199,16 @@ def test_metrics_count_requests_by_route_and_status(
                   domain="legal", adapter="law-v1") == 1
 
 
+def test_refused_bodies_are_counted_without_a_route(
+    client: TestClient, metrics: Metrics
+) -> None:
+    client.post(CHAT, content=b"{oops", headers={"content-type": "application/json"})
+    client.post("/v1/completions", json={"model": "base"})
+    for endpoint in ("chat", "completions"):
+        assert sample(metrics, "slm_requests_total", endpoint=endpoint, domain="none",
+                      adapter="none", route_reason="none", status_class="4xx") == 1
+
+
 def test_unknown_path_and_method_errors_are_openai_shaped(client: TestClient) -> None:
     assert client.get("/v1/nothing").json()["error"]["type"] == "invalid_request_error"
     assert client.get(CHAT).status_code == 405
