@@ -31,7 +31,7 @@ from gateway.errors import (
 from gateway.metrics import NONE, Metrics, status_class
 from gateway.protocol import ChatCompletionRequest, CompletionRequest
 from gateway.settings import Settings
-from gateway.streaming import RelayResponse, relay_sse
+from gateway.streaming import RelayResponse
 from gateway.upstream import Replica, ReplicaPool, choose_replica
 from router.classifier import Classifier
 from router.policy import (
@@ -209,11 +209,11 @@ class Gateway:
             self._finish(replica, decision, labels, 200, started)
 
         return RelayResponse(
-            relay_sse(
-                upstream, on_first_chunk=first_chunk, on_stream_error=stream_error, on_close=close
-            ),
-            media_type="text/event-stream",
-            headers={**headers, "cache-control": "no-cache", "x-accel-buffering": "no"},
+            upstream,
+            headers=headers,
+            on_first_chunk=first_chunk,
+            on_stream_error=stream_error,
+            on_close=close,
         )
 
     def _finish(

@@ -20,17 +20,40 @@ from gateway.errors import UpstreamError, sse_error_frame
 logger = logging.getLogger(__name__)
 
 
-async def relay_sse(
-    upstream: httpx.Response,
-    *,
-    on_first_chunk: Callable[[], None],
-    on_stream_error: Callable[[str], None],
-    on_close: Callable[[], None],
-) -> AsyncIterator[bytes]:
-    first = True
-    try:
+class RelayResponse(StreamingResponse):
+    """Relays an upstream SSE response; closes it exactly once, however the exchange ends.
+
+    Closing happens in the generator's ``finally`` when it ran, and in ``__call__``'s ``finally``
+    otherwise (a client that disconnects before the first chunk leaves the generator unstarted,
+    and an unstarted generator's ``finally`` never runs).
+    """
+
+    body_iterator: AsyncIterator[bytes]
+
+    def __init__(
+        self,
+        upstream: httpx.Response,
+        *,
+        headers: dict[str, str],
+        on_first_chunk: Callable[[], None],
+        on_stream_error: Callable[[str], None],
+        on_close: Callable[[], None],
+    ) -> None:
+        self._upstream = upstream
+        self._on_close = on_close
+        self._closed = False
+        super().__init__(
+            self._relay(on_first_chunk, on_stream_error),
+            media_type="text/event-stream",
+            headers={**headers, "cache-control": "no-cache", "x-accel-buffering": "no"},
+        )
+
+    async def _relay(
+        self, on_first_chunk: Callable[[], None], on_stream_error: Callable[[str], None]
+    ) -> AsyncIterator[bytes]:
+        first = True
         try:
-            async for chunk in upstream.aiter_raw():
+            async for chunk in self._upstream.aiter_raw():
                 if first:
                     first = False
                     on_first_chunk()
@@ -42,22 +65,21 @@ async def relay_sse(
             logger.warning("upstream stream interrupted: %s", type(exc).__name__)
             on_stream_error("stream")
             yield sse_error_frame(UpstreamError("The upstream stream was interrupted."))
-    finally:
+        finally:
+            await self._close()
+
+    async def _close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
         with anyio.CancelScope(shield=True):
-            await upstream.aclose()
-        on_close()
-
-
-class RelayResponse(StreamingResponse):
-    """A StreamingResponse that always closes its generator, even when the client disconnects."""
-
-    body_iterator: AsyncIterator[bytes]
+            await self._upstream.aclose()
+        self._on_close()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await super().__call__(scope, receive, send)
         finally:
-            aclose = getattr(self.body_iterator, "aclose", None)
-            if aclose is not None:
-                with anyio.CancelScope(shield=True):
-                    await aclose()
+            with anyio.CancelScope(shield=True):
+                await self.body_iterator.aclose()  # type: ignore[attr-defined]
+                await self._close()
