@@ -14,9 +14,8 @@ from httpx_aiohttp import AiohttpTransport
 from adapters.lifecycle import AdapterLoader
 from adapters.registry import Registry
 from gateway.api import health, openai
-from gateway.api.openai import ENDPOINTS
 from gateway.errors import install_error_handlers
-from gateway.metrics import NONE, Metrics
+from gateway.metrics import ENDPOINT_LABELS, NONE, Metrics
 from gateway.proxy import Gateway
 from gateway.settings import Settings
 from gateway.upstream import ReplicaPool
@@ -94,7 +93,7 @@ def create_app(
                     await health_task
 
     def count_invalid(path: str) -> None:
-        endpoint = ENDPOINTS.get(path)
+        endpoint = ENDPOINT_LABELS.get(path)
         if endpoint is not None:  # only known paths: the label set stays bounded
             metrics.requests.labels(endpoint, NONE, NONE, NONE, "4xx").inc()
 

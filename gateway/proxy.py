@@ -28,13 +28,15 @@ from gateway.errors import (
     error_response,
     upstream_error_from_response,
 )
-from gateway.metrics import NONE, Metrics, status_class
+from gateway.metrics import ENDPOINT_LABELS, NONE, Metrics, status_class
 from gateway.protocol import ChatCompletionRequest, CompletionRequest
 from gateway.settings import Settings
 from gateway.streaming import RelayResponse
 from gateway.upstream import Replica, ReplicaPool, choose_replica
 from router.classifier import Classifier
 from router.policy import (
+    AUTO_MODEL,
+    FALLBACK_REASONS,
     RouteDecision,
     RouteReason,
     RoutingTable,
@@ -70,7 +72,7 @@ class Gateway:
     # ----------------------------------------------------------------- routing
     async def route(self, body: ChatCompletionRequest | CompletionRequest) -> RouteDecision:
         classification = None
-        if body.model == "auto" and self.classifier is not None:
+        if body.model == AUTO_MODEL and self.classifier is not None:
             # CPU work: keep it off the event loop.
             classification = await asyncio.to_thread(
                 self.classifier.classify, body.routing_text()
@@ -103,9 +105,6 @@ class Gateway:
         except AdapterLoadError as exc:
             logger.warning("adapter %s unavailable on %s: %s", entry.name, replica.name, exc)
             self.metrics.adapter_loads.labels(replica.name, entry.name, "failed").inc()
-            self.metrics.fallbacks.labels(
-                decision.domain or NONE, RouteReason.ADAPTER_UNAVAILABLE
-            ).inc()
             return fall_back(decision, RouteReason.ADAPTER_UNAVAILABLE), replica
         if seconds is not None:
             self.metrics.adapter_loads.labels(replica.name, entry.name, "loaded").inc()
@@ -121,25 +120,21 @@ class Gateway:
         request: Request,
         body: ChatCompletionRequest | CompletionRequest,
         *,
-        endpoint: str,
         path: str,
     ) -> Response:
         started = time.perf_counter()
+        endpoint = ENDPOINT_LABELS[path]
         request_id = f"slm-{uuid.uuid4().hex}"
         try:
-            decision = await self.route(body)
-            if decision.adapter is None and decision.reason not in (
-                RouteReason.EXPLICIT,
-                RouteReason.NO_CLASSIFIER,
-            ):
-                self.metrics.fallbacks.labels(decision.domain or NONE, decision.reason).inc()
-            decision, replica = await self._place(decision)
+            decision, replica = await self._place(await self.route(body))
         except GatewayError as exc:
             # Refused before any upstream work (unknown model, no replica ready).
             self.metrics.requests.labels(
                 endpoint, NONE, NONE, NONE, status_class(exc.status_code)
             ).inc()
             return error_response(exc)
+        if decision.reason in FALLBACK_REASONS:
+            self.metrics.fallbacks.labels(decision.domain or NONE, decision.reason).inc()
         headers = route_headers(decision, request_id)
         body.model = decision.adapter or self.settings.upstream.served_model_name
         payload = body.model_dump_json(exclude_unset=True).encode()

@@ -27,6 +27,18 @@ class RouteReason(StrEnum):
     NO_CLASSIFIER = "no_classifier"
 
 
+# Reasons meaning "a domain adapter could have served this, the general model did instead".
+FALLBACK_REASONS = frozenset(
+    {
+        RouteReason.LOW_CONFIDENCE,
+        RouteReason.NO_DOMAIN,
+        RouteReason.NO_ADAPTER,
+        RouteReason.ADAPTER_UNAVAILABLE,
+        RouteReason.QUALITY_GATE,
+    }
+)
+
+
 class UnknownModelError(LookupError):
     """The request names a model that is neither auto, base, a domain nor an adapter."""
 

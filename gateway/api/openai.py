@@ -23,22 +23,17 @@ GatewayDep = Annotated[Gateway, Depends(get_gateway)]
 
 router = APIRouter()
 
-# Path -> the `endpoint` metric label.
-ENDPOINTS = {"/v1/chat/completions": "chat", "/v1/completions": "completions"}
-
 
 @router.post("/v1/chat/completions")
 async def chat_completions(
     request: Request, body: ChatCompletionRequest, gateway: GatewayDep
 ) -> Response:
-    path = "/v1/chat/completions"
-    return await gateway.serve(request, body, endpoint=ENDPOINTS[path], path=path)
+    return await gateway.serve(request, body, path="/v1/chat/completions")
 
 
 @router.post("/v1/completions")
 async def completions(request: Request, body: CompletionRequest, gateway: GatewayDep) -> Response:
-    path = "/v1/completions"
-    return await gateway.serve(request, body, endpoint=ENDPOINTS[path], path=path)
+    return await gateway.serve(request, body, path="/v1/completions")
 
 
 @router.get("/v1/models")
