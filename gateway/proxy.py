@@ -19,6 +19,7 @@ from fastapi.responses import Response
 
 from adapters.lifecycle import AdapterLoader, AdapterLoadError
 from adapters.registry import Registry
+from gateway.classify import ClassifierService
 from gateway.errors import (
     GatewayError,
     ModelNotFoundError,
@@ -33,7 +34,6 @@ from gateway.protocol import ChatCompletionRequest, CompletionRequest
 from gateway.settings import Settings
 from gateway.streaming import RelayResponse
 from gateway.upstream import Replica, ReplicaPool, choose_replica
-from router.classifier import Classifier
 from router.policy import (
     AUTO_MODEL,
     FALLBACK_REASONS,
@@ -66,17 +66,14 @@ class Gateway:
     table: RoutingTable
     loader: AdapterLoader
     metrics: Metrics
-    classifier: Classifier | None = None
+    classifier: ClassifierService | None = None
     gated: frozenset[str] = field(default_factory=frozenset)
 
     # ----------------------------------------------------------------- routing
     async def route(self, body: ChatCompletionRequest | CompletionRequest) -> RouteDecision:
         classification = None
         if body.model == AUTO_MODEL and self.classifier is not None:
-            # CPU work: keep it off the event loop.
-            classification = await asyncio.to_thread(
-                self.classifier.classify, body.routing_text()
-            )
+            classification = await self.classifier.classify(body.routing_text())
         try:
             return decide(
                 body.model,

@@ -1,0 +1,82 @@
+"""Classification for `auto` requests without blocking the event loop.
+
+Cache hits are answered on the loop (a hash lookup). Everything else joins a queue; one worker
+task hands whatever has gathered (up to ``max_batch`` texts) to a thread in a single call, so
+32 concurrent requests cost one thread hop and one vectorised pass instead of 32. The MiniLM
+stage runs only while its CPU budget (:class:`router.classifier.FullStageBudget`) allows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+
+from gateway.metrics import NONE, Metrics
+from router.classifier import BatchClassifier, BatchResult, FullStageBudget
+from router.policy import Classification
+
+logger = logging.getLogger(__name__)
+
+
+class ClassifierService:
+    def __init__(
+        self,
+        classifier: BatchClassifier,
+        metrics: Metrics,
+        *,
+        max_batch: int = 32,
+        budget: FullStageBudget | None = None,
+    ) -> None:
+        self.classifier = classifier
+        self.metrics = metrics
+        self.max_batch = max_batch
+        self.budget = budget
+        self._queue: deque[tuple[str, asyncio.Future[tuple[Classification, str]]]] = deque()
+        self._worker: asyncio.Task[None] | None = None
+
+    async def classify(self, text: str) -> Classification:
+        started = time.perf_counter()
+        hit = self.classifier.cached(text)
+        if hit is not None:
+            result, stage = hit, "cache"
+        else:
+            future: asyncio.Future[tuple[Classification, str]] = (
+                asyncio.get_running_loop().create_future()
+            )
+            self._queue.append((text, future))
+            if self._worker is None or self._worker.done():
+                self._worker = asyncio.create_task(self._drain(), name="classifier")
+            result, stage = await future
+        self.metrics.classification_duration.labels(stage).observe(time.perf_counter() - started)
+        self.metrics.classification_confidence.labels(result.domain or NONE).observe(
+            result.confidence
+        )
+        return result
+
+    async def _drain(self) -> None:
+        while self._queue:
+            batch = [self._queue.popleft() for _ in range(min(self.max_batch, len(self._queue)))]
+            texts = [text for text, _ in batch]
+            full_stage = self.budget is None or self.budget.available()
+            try:
+                done = await asyncio.to_thread(self._run, texts, full_stage)
+            except Exception as exc:  # a classifier bug must not hang requests
+                logger.exception("classification failed")
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for (_, future), result, stage in zip(batch, done.results, done.stages, strict=True):
+                if not future.done():  # the request may have been cancelled meanwhile
+                    future.set_result((result, stage))
+
+    def _run(self, texts: list[str], full_stage: bool) -> BatchResult:
+        """Runs in a worker thread."""
+        batch = self.classifier.classify_many(texts, full_stage=full_stage)
+        if self.budget is not None:
+            self.budget.spend(batch.full_seconds)
+        if batch.starved:
+            self.metrics.classifier_budget_exhausted.inc(batch.starved)
+        return batch
