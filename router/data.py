@@ -18,6 +18,7 @@ Authored training texts: 80% train / 20% calib. Authored eval texts: ``realistic
 from __future__ import annotations
 
 import ast
+import difflib
 import glob
 import hashlib
 import importlib.util
@@ -278,6 +279,21 @@ def _jsonl(path: Path) -> Iterable[dict[str, Any]]:
         for line in fh:
             if line.strip():
                 yield json.loads(line)
+
+
+def _words(text: str) -> str:
+    return " ".join("".join(c if c.isalnum() else " " for c in text.lower()).split())
+
+
+def near_duplicate(a: str, b: str) -> bool:
+    """Two requests that are the same question in other words (used to keep training apart
+    from evaluation: independent authors still converge on stock examples)."""
+    wa, wb = _words(a), _words(b)
+    sa, sb = set(wa.split()), set(wb.split())
+    if len(sa & sb) / max(1, len(sa | sb)) >= 0.5:
+        return True
+    matcher = difflib.SequenceMatcher(None, wa, wb)
+    return matcher.quick_ratio() >= 0.8 and matcher.ratio() >= 0.8
 
 
 def config_examples(examples: dict[str, tuple[str, ...]]) -> list[Example]:

@@ -62,7 +62,9 @@ def score_split(
     return {
         "n": len(examples),
         "accuracy": round(float(correct.mean()), 4),
-        "macro_f1": round(float(f1_score(truth, predicted, labels=labels, average="macro")), 4),
+        "macro_f1": round(
+            float(f1_score(truth, predicted, labels=labels, average="macro", zero_division=0)), 4
+        ),
         "route_accuracy": round(
             float(np.mean([r == t for r, t in zip(routed, truth, strict=True)])), 4
         ),

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
 import httpx
+
+from router.classifier import BatchResult
+from router.policy import Classification
 
 
 @dataclass
@@ -94,3 +97,38 @@ async def sse(model: str, *, cut_after: int | None = None) -> AsyncIterator[byte
             raise httpx.ReadError("connection reset by peer")
         yield chunk(model, word, "stop" if i == len(words) - 1 else None)
     yield b"data: [DONE]\n\n"
+
+
+@dataclass
+class ScriptedClassifier:
+    """Domain = the text's first word ("none" for outside the taxonomy), confidence = the
+    second word when it is a number; records every batch it was given."""
+
+    batches: list[list[str]] = field(default_factory=list)
+    full_stage_flags: list[bool] = field(default_factory=list)
+    memory: dict[str, Classification] = field(default_factory=dict)
+    fail: bool = False
+
+    def classify(self, text: str) -> Classification:
+        return self.classify_many([text]).results[0]
+
+    def cached(self, text: str) -> Classification | None:
+        return self.memory.get(text)
+
+    def classify_many(self, texts: Sequence[str], *, full_stage: bool = True) -> BatchResult:
+        if self.fail:
+            raise RuntimeError("boom")
+        self.batches.append(list(texts))
+        self.full_stage_flags.append(full_stage)
+        results = [_scripted(t) for t in texts]
+        return BatchResult(results, ["full"] * len(texts), full_seconds=0.01 * len(texts))
+
+
+def _scripted(text: str) -> Classification:
+    words = text.split()
+    domain = None if words[0] == "none" else words[0]
+    try:
+        confidence = float(words[1])
+    except (IndexError, ValueError):
+        confidence = 0.9
+    return Classification(domain, confidence)

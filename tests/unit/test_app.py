@@ -4,13 +4,16 @@ model rewriting, streaming relay, error envelopes and metrics."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 
 import httpx
 import pytest
 from fastapi.testclient import TestClient
 
+from gateway.app import create_app
 from gateway.metrics import Metrics
-from tests.unit.fakes import FakeVllm, sse
+from gateway.settings import Settings
+from tests.unit.fakes import FakeVllm, ScriptedClassifier, sse
 
 CHAT = "/v1/chat/completions"
 
@@ -52,6 +55,49 @@ def test_domain_request_loads_and_uses_its_adapter(client: TestClient, fake: Fak
 def test_auto_goes_to_general_until_a_classifier_exists(client: TestClient) -> None:
     response = client.post(CHAT, json=chat("auto"))
     assert response.headers["x-slm-route-reason"] == "no_classifier"
+    assert response.headers["x-slm-adapter"] == "none"
+
+
+@pytest.fixture
+def auto_client(settings: Settings, fake: FakeVllm, metrics: Metrics) -> Iterator[TestClient]:
+    app = create_app(
+        settings, transport=fake.transport(), metrics=metrics, classifier=ScriptedClassifier()
+    )
+    with TestClient(app, raise_server_exceptions=False) as test_client:
+        yield test_client
+
+
+def ask(text: str) -> dict[str, object]:
+    return {"model": "auto", "messages": [{"role": "user", "content": text}]}
+
+
+def test_auto_serves_a_confident_classification_with_the_domain_adapter(
+    auto_client: TestClient, fake: FakeVllm, metrics: Metrics
+) -> None:
+    response = auto_client.post(CHAT, json=ask("legal 0.93 can my landlord keep my deposit"))
+    assert response.status_code == 200
+    assert response.headers["x-slm-route-reason"] == "classified"
+    assert response.headers["x-slm-domain"] == "legal"
+    assert response.headers["x-slm-adapter"] == "law-v1"
+    assert response.headers["x-slm-confidence"] == "0.930"
+    assert fake.requests[-1]["model"] == "law-v1"
+    assert sample(metrics, "slm_classification_duration_seconds_count", stage="full") == 1
+
+
+def test_auto_below_the_threshold_goes_to_general(
+    auto_client: TestClient, fake: FakeVllm, metrics: Metrics
+) -> None:
+    response = auto_client.post(CHAT, json=ask("legal 0.2 something vague"))
+    assert response.headers["x-slm-route-reason"] == "low_confidence"
+    assert response.headers["x-slm-domain"] == "legal"
+    assert response.headers["x-slm-adapter"] == "none"
+    assert fake.requests[-1]["model"] == "SmolLM2-135M-Instruct"
+    assert sample(metrics, "slm_fallbacks_total", domain="legal", reason="low_confidence") == 1
+
+
+def test_auto_outside_the_taxonomy_goes_to_general(auto_client: TestClient) -> None:
+    response = auto_client.post(CHAT, json=ask("none 0.99 hi there"))
+    assert response.headers["x-slm-route-reason"] == "no_domain"
     assert response.headers["x-slm-adapter"] == "none"
 
 
