@@ -51,6 +51,7 @@ def create_app(
             classifier,
             metrics,
             max_batch=settings.routing.max_batch,
+            max_full=settings.routing.max_full_per_batch,
             budget=FullStageBudget(settings.routing.full_stage_cpu_share),
         )
 

@@ -27,11 +27,13 @@ class ClassifierService:
         metrics: Metrics,
         *,
         max_batch: int = 32,
+        max_full: int = 2,
         budget: FullStageBudget | None = None,
     ) -> None:
         self.classifier = classifier
         self.metrics = metrics
         self.max_batch = max_batch
+        self.max_full = max_full
         self.budget = budget
         self._queue: deque[tuple[str, asyncio.Future[tuple[Classification, str]]]] = deque()
         self._worker: asyncio.Task[None] | None = None
@@ -59,9 +61,11 @@ class ClassifierService:
         while self._queue:
             batch = [self._queue.popleft() for _ in range(min(self.max_batch, len(self._queue)))]
             texts = [text for text, _ in batch]
-            full_stage = self.budget is None or self.budget.available()
+            # A batch waits for its slowest member: only a few texts per batch may take the
+            # MiniLM stage (~3-6 ms each), and none while its CPU budget is spent.
+            allowed = self.max_full if self.budget is None or self.budget.available() else 0
             try:
-                done = await asyncio.to_thread(self._run, texts, full_stage)
+                done = await asyncio.to_thread(self._run, texts, allowed)
             except Exception as exc:  # a classifier bug must not hang requests
                 logger.exception("classification failed")
                 for _, future in batch:
@@ -72,9 +76,9 @@ class ClassifierService:
                 if not future.done():  # the request may have been cancelled meanwhile
                     future.set_result((result, stage))
 
-    def _run(self, texts: list[str], full_stage: bool) -> BatchResult:
+    def _run(self, texts: list[str], max_full: int) -> BatchResult:
         """Runs in a worker thread."""
-        batch = self.classifier.classify_many(texts, full_stage=full_stage)
+        batch = self.classifier.classify_many(texts, max_full=max_full)
         if self.budget is not None:
             self.budget.spend(batch.full_seconds)
         if batch.starved:

@@ -93,7 +93,9 @@ def _load_classifier(settings: Settings) -> DomainClassifier | None:
     from router.train import load_or_train
 
     taxonomy = load_taxonomy(settings.routing.taxonomy_file)
-    return load_or_train(taxonomy, settings.routing.cache_dir, progress=logger.info)
+    classifier = load_or_train(taxonomy, settings.routing.cache_dir, progress=logger.info)
+    classifier.cache_size = settings.routing.cache_size
+    return classifier
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

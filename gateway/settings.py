@@ -78,11 +78,13 @@ class RoutingSettings(BaseModel):
     confidence_threshold: float = Field(default=0.5, ge=0.0, le=1.0)
     classifier: bool = True  # False: `auto` always goes to the general model (no_classifier)
     cache_dir: Path = Path(".cache/router")  # trained heads, embeddings, static encoder
-    cache_size: int = Field(default=4096, ge=0)  # classifications remembered, by text hash
+    # Classifications remembered, by text hash (~200 bytes each).
+    cache_size: int = Field(default=65536, ge=0)
     max_batch: int = Field(default=32, ge=1)  # concurrent requests classified together
+    max_full_per_batch: int = Field(default=2, ge=0)  # unsure texts per batch given to MiniLM
     # CPU the MiniLM stage may use (seconds per second); beyond it unsure requests get the fast
     # stage's answer instead of waiting. 0 disables the MiniLM stage.
-    full_stage_cpu_share: float = Field(default=0.25, ge=0.0, le=2.0)
+    full_stage_cpu_share: float = Field(default=0.1, ge=0.0, le=2.0)
 
 
 class Settings(BaseSettings):

@@ -36,12 +36,12 @@ BODY = {"messages": [{"role": "user", "content": "Say hello in five words."}], "
 
 
 @contextmanager
-def _process(args: list[str], ready_url: str, env: dict[str, str] | None = None
-             ) -> Iterator[None]:
+def _process(args: list[str], ready_url: str, env: dict[str, str] | None = None,
+             timeout: float = 30) -> Iterator[None]:
     proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     try:
-        wait_ready(ready_url, 30, proc)
+        wait_ready(ready_url, timeout, proc)
         yield
     finally:
         proc.terminate()
@@ -134,7 +134,10 @@ def main() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLM_GATEWAY_")}
     env.update({"SLM_GATEWAY_PORT": str(gateway_port),
                 "SLM_GATEWAY_UPSTREAM__URLS": json.dumps([upstream]),
-                "SLM_GATEWAY_LOG_LEVEL": "warning"})
+                "SLM_GATEWAY_LOG_LEVEL": "warning",
+                # Plain overhead: `base` requests never classify; loading MiniLM would only
+                # slow the start (bench_router measures the classifier).
+                "SLM_GATEWAY_ROUTING__CLASSIFIER": "false"})
     fake = [sys.executable, "-m", "loadtests.fake_upstream", "--port", str(upstream_port),
             "--delay-ms", str(args.delay_ms), "--chunks", str(args.chunks),
             "--chunk-delay-ms", str(args.chunk_delay_ms)]

@@ -54,7 +54,9 @@ class BatchResult:
 class BatchClassifier(Classifier, Protocol):
     """A classifier that also takes many texts at once and may answer some from a cache."""
 
-    def classify_many(self, texts: Sequence[str], *, full_stage: bool = True) -> BatchResult: ...
+    def classify_many(
+        self, texts: Sequence[str], *, max_full: int | None = None
+    ) -> BatchResult: ...
 
     def cached(self, text: str) -> Classification | None: ...
 
@@ -150,7 +152,7 @@ def rows(blocks: Sequence[Any], index: _Array) -> list[Any]:
 class FullStageBudget:
     """How much CPU the full (MiniLM) stage may use: a token bucket of compute seconds.
 
-    It refills at ``share`` seconds per second (0.25: a quarter of one core) up to ``burst``
+    It refills at ``share`` seconds per second (0.1: a tenth of one core) up to ``burst``
     seconds. While tokens remain, unsure requests get the full stage; when the gateway is busy
     enough to drain it, the fast stage answers them (its accuracy is reported separately by
     ``router eval``), so classification never eats the CPU that serves traffic.
@@ -196,7 +198,7 @@ class DomainClassifier:
     full: Head
     fast_accept: float
     info: dict[str, Any] = field(default_factory=dict)
-    cache_size: int = 4096
+    cache_size: int = 65536
     _cache: OrderedDict[bytes, Classification] = field(default_factory=OrderedDict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -216,14 +218,15 @@ class DomainClassifier:
                 self._cache.move_to_end(key)
             return hit
 
-    def classify_many(self, texts: Sequence[str], *, full_stage: bool = True) -> BatchResult:
-        """Classify texts together; ``full_stage=False`` answers unsure ones with the fast stage."""
+    def classify_many(self, texts: Sequence[str], *, max_full: int | None = None) -> BatchResult:
+        """Classify texts together; at most ``max_full`` unsure ones (the least sure first) get
+        the full stage, the rest keep the fast stage's answer. ``None``: no limit."""
         results: list[Classification | None] = [self.cached(t) for t in texts]
         stages = ["cache"] * len(texts)
         todo = [i for i, hit in enumerate(results) if hit is None]
         if not todo:
             return BatchResult([r for r in results if r is not None], stages)
-        prediction = self.predict([texts[i] for i in todo], stage="auto" if full_stage else "fast")
+        prediction = self.predict([texts[i] for i in todo], max_full=max_full)
         for j, i in enumerate(todo):
             label = prediction.labels[j]
             result = Classification(
@@ -231,10 +234,9 @@ class DomainClassifier:
             )
             results[i] = result
             stages[i] = "full" if prediction.used_full[j] else "fast"
-            if prediction.used_full[j] or not prediction.unsure[j]:
-                # A fast answer given only for lack of budget is not cached: the same text gets
-                # the full stage when there is capacity again.
-                self._remember(_key(texts[i]), result)
+            # Fast answers given for lack of budget are cached too: recomputing them on every
+            # repeat cost more throughput (bench_router) than upgrading them later would win.
+            self._remember(_key(texts[i]), result)
         return BatchResult(
             [r for r in results if r is not None],
             stages,
@@ -251,7 +253,9 @@ class DomainClassifier:
                 self._cache.popitem(last=False)
 
     # -------------------------------------------------------------- prediction
-    def predict(self, texts: Sequence[str], *, stage: str = "auto") -> Prediction:
+    def predict(
+        self, texts: Sequence[str], *, stage: str = "auto", max_full: int | None = None
+    ) -> Prediction:
         """Both stages as configured (``auto``), or one of them forced (``fast``/``full``)."""
         clipped = [clip(t) for t in texts]
         empty = np.array([not t for t in clipped])
@@ -259,7 +263,11 @@ class DomainClassifier:
         proba = self.fast.proba(fast_x)
         confidence = proba.max(axis=1)
         unsure = (confidence < self.fast_accept) & ~empty
-        use_full = {"full": ~empty, "fast": np.zeros_like(unsure)}.get(stage, unsure)
+        use_full = {"full": ~empty, "fast": np.zeros_like(unsure)}.get(stage, unsure.copy())
+        if max_full is not None and use_full.sum() > max_full:
+            keep = [i for i in np.argsort(confidence) if use_full[i]][:max_full]
+            use_full[:] = False
+            use_full[keep] = True
         full_seconds = 0.0
         if use_full.any():
             started = time.perf_counter()

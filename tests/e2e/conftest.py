@@ -19,6 +19,8 @@ from adapters.init_adapter import create_random_adapter
 from gateway.engine import EmbeddedEngine
 from gateway.settings import EngineSettings
 from loadtests.servers import free_port, wait_ready
+from router.taxonomy import load_taxonomy
+from router.train import load_or_train
 
 ROOT = Path(__file__).resolve().parents[2]
 CACHE = ROOT / ".cache"
@@ -76,6 +78,9 @@ def vllm(base_model: Path) -> Iterator[Vllm]:
 @pytest.fixture(scope="session")
 def gateway(vllm: Vllm, adapter_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
             ) -> Iterator[GatewayProcess]:
+    # Train (or load) the domain classifier here, with the shared cache, so the gateway process
+    # only loads it: on a fresh machine training takes about two minutes.
+    load_or_train(load_taxonomy(), ROOT / ".cache" / "router", progress=lambda message: None)
     port = free_port()
     config = tmp_path_factory.mktemp("gateway") / "gateway.yaml"
     config.write_text(yaml.safe_dump({

@@ -81,6 +81,25 @@ def test_stream_arrives_incrementally_and_ends_cleanly(oai: openai.OpenAI) -> No
     assert usage is not None and usage.completion_tokens >= len(arrivals)
 
 
+def test_auto_routes_by_the_domain_classifier(oai: openai.OpenAI) -> None:
+    legal = oai.chat.completions.with_raw_response.create(
+        model="auto", max_tokens=8, temperature=0.0,
+        messages=[{"role": "user", "content": "Can my landlord keep my security deposit "
+                   "for normal wear and tear? What does tenant law say?"}],
+    )
+    assert legal.headers["x-slm-domain"] == "legal"
+    assert legal.headers["x-slm-route-reason"] == "classified"
+    assert legal.headers["x-slm-adapter"] == "legal-rand"
+    assert legal.parse().model == "legal-rand"
+    assert float(legal.headers["x-slm-confidence"]) >= 0.5
+    chat = oai.chat.completions.with_raw_response.create(
+        model="auto", max_tokens=8,
+        messages=[{"role": "user", "content": "write a python function that reverses a string"}],
+    )
+    assert chat.headers["x-slm-adapter"] == "none"
+    assert chat.headers["x-slm-route-reason"] in {"no_domain", "low_confidence"}
+
+
 def test_legacy_completions_stream_and_non_stream(oai: openai.OpenAI) -> None:
     completion = oai.completions.create(model="legal", prompt="The court ruled that",
                                         max_tokens=8, temperature=0)

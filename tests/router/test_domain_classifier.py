@@ -99,6 +99,20 @@ def test_repeated_text_is_answered_from_the_cache(classifier: DomainClassifier) 
     assert second.results == first.results
 
 
+def test_full_stage_takes_at_most_max_full_texts_the_least_sure_first(
+    classifier: DomainClassifier,
+) -> None:
+    texts = ["can you help me with this thing", "hmm what about that", "ok so, the usual?"]
+    free = classifier.predict(texts)
+    assert free.unsure.all(), "these vague texts should all want the full stage"
+    capped = classifier.predict(texts, max_full=1)
+    assert capped.used_full.sum() == 1
+    fast = classifier.predict(texts, stage="fast")
+    least_sure = int(fast.confidence.argmin())
+    assert capped.used_full[least_sure]
+    assert not classifier.predict(texts, max_full=0).used_full.any()
+
+
 def test_custom_domain_listed_in_the_taxonomy_file_is_recognised(tmp_path: Path) -> None:
     default = (ROOT / "router" / "taxonomy.yaml").read_text()
     examples = [

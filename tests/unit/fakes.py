@@ -105,7 +105,7 @@ class ScriptedClassifier:
     second word when it is a number; records every batch it was given."""
 
     batches: list[list[str]] = field(default_factory=list)
-    full_stage_flags: list[bool] = field(default_factory=list)
+    max_full_seen: list[int | None] = field(default_factory=list)
     memory: dict[str, Classification] = field(default_factory=dict)
     fail: bool = False
 
@@ -115,11 +115,11 @@ class ScriptedClassifier:
     def cached(self, text: str) -> Classification | None:
         return self.memory.get(text)
 
-    def classify_many(self, texts: Sequence[str], *, full_stage: bool = True) -> BatchResult:
+    def classify_many(self, texts: Sequence[str], *, max_full: int | None = None) -> BatchResult:
         if self.fail:
             raise RuntimeError("boom")
         self.batches.append(list(texts))
-        self.full_stage_flags.append(full_stage)
+        self.max_full_seen.append(max_full)
         results = [_scripted(t) for t in texts]
         return BatchResult(results, ["full"] * len(texts), full_seconds=0.01 * len(texts))
 

@@ -56,10 +56,10 @@ async def test_spent_budget_turns_the_full_stage_off() -> None:
     await service.classify("a x")  # spends 0.01 s: budget 0.02 -> 0.01
     await service.classify("b x")  # spends 0.01 s: budget -> 0
     await service.classify("c x")
-    assert fake.full_stage_flags == [True, True, False]
+    assert fake.max_full_seen == [2, 2, 0]
     now[0] += 1.0  # refills at 0.1 s/s, capped at the burst
     await service.classify("d x")
-    assert fake.full_stage_flags[-1] is True
+    assert fake.max_full_seen[-1] == 2
 
 
 def test_budget_with_zero_share_never_allows_the_full_stage() -> None:
