@@ -13,7 +13,8 @@ USER slm
 
 # PyTorch's CPU wheel index: the public index only has CUDA builds of torch.
 RUN make venv TORCH_INDEX=https://download.pytorch.org/whl/cpu \
-    && .venv/bin/slm-gateway prepare-base
+    && .venv/bin/slm-gateway prepare-base \
+    && .venv/bin/slm-gateway router train
 
 ENV SLM_GATEWAY_HOST=0.0.0.0
 EXPOSE 8000

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from concurrent.futures import Executor
 
 import httpx
 from fastapi import FastAPI
@@ -38,9 +39,15 @@ def create_app(
     *,
     transport: httpx.AsyncBaseTransport | None = None,
     classifier: BatchClassifier | None = None,
+    classifier_executor: Executor | None = None,
     metrics: Metrics | None = None,
 ) -> FastAPI:
-    """Build the gateway. ``transport`` lets tests put a fake upstream behind httpx."""
+    """Build the gateway. ``transport`` lets tests put a fake upstream behind httpx.
+
+    ``classifier`` serves `auto` (None: `auto` goes to the general model); with
+    ``classifier_executor`` (a process pool initialised by ``router.worker.init``) batches are
+    classified in that process and only the cache lives here.
+    """
     # Validate the registry now, so a bad config fails before the server binds.
     registry = build_registry(settings)
     metrics = metrics or Metrics()
@@ -53,6 +60,7 @@ def create_app(
             max_batch=settings.routing.max_batch,
             max_full=settings.routing.max_full_per_batch,
             budget=FullStageBudget(settings.routing.full_stage_cpu_share),
+            executor=classifier_executor,
         )
 
     @contextlib.asynccontextmanager
@@ -81,6 +89,8 @@ def create_app(
                 on_restart=loader.forget_replica,
                 health_interval_s=up.health_interval_s,
             )
+            if service is not None:
+                await service.warm_up()
             await pool.check_all()
             if not pool.ready():
                 logger.warning("no upstream is ready yet: %s", ", ".join(up.base_urls()))

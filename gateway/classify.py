@@ -12,8 +12,10 @@ import asyncio
 import logging
 import time
 from collections import deque
+from concurrent.futures import Executor
 
 from gateway.metrics import NONE, Metrics
+from router import worker
 from router.classifier import BatchClassifier, BatchResult, FullStageBudget
 from router.policy import Classification
 
@@ -29,8 +31,12 @@ class ClassifierService:
         max_batch: int = 32,
         max_full: int = 2,
         budget: FullStageBudget | None = None,
+        executor: Executor | None = None,
     ) -> None:
         self.classifier = classifier
+        # None: classify in a thread of this process (tests). A process pool keeps the
+        # GIL-bound fast stage off the event loop's core (see router/worker.py).
+        self.executor = executor
         self.metrics = metrics
         self.max_batch = max_batch
         self.max_full = max_full
@@ -65,7 +71,14 @@ class ClassifierService:
             # MiniLM stage (~3-6 ms each), and none while its CPU budget is spent.
             allowed = self.max_full if self.budget is None or self.budget.available() else 0
             try:
-                done = await asyncio.to_thread(self._run, texts, allowed)
+                if self.executor is None:
+                    done = await asyncio.to_thread(self._run, texts, allowed)
+                else:
+                    done = await asyncio.get_running_loop().run_in_executor(
+                        self.executor, worker.classify_many, texts, allowed
+                    )
+                    self._account(done)
+                    self.classifier.remember_many(texts, done.results)
             except Exception as exc:  # a classifier bug must not hang requests
                 logger.exception("classification failed")
                 for _, future in batch:
@@ -79,8 +92,18 @@ class ClassifierService:
     def _run(self, texts: list[str], max_full: int) -> BatchResult:
         """Runs in a worker thread."""
         batch = self.classifier.classify_many(texts, max_full=max_full)
+        self._account(batch)
+        return batch
+
+    def _account(self, batch: BatchResult) -> None:
         if self.budget is not None:
             self.budget.spend(batch.full_seconds)
         if batch.starved:
             self.metrics.classifier_budget_exhausted.inc(batch.starved)
-        return batch
+
+    async def warm_up(self) -> None:
+        """Wait until the worker process has loaded its model, before traffic arrives."""
+        if self.executor is not None:
+            await asyncio.get_running_loop().run_in_executor(
+                self.executor, worker.classify_many, ["hello"], 0
+            )

@@ -61,7 +61,21 @@ def _serve(settings: Settings) -> None:
 
     from gateway.app import create_app
 
-    app = create_app(settings, classifier=_load_classifier(settings))
+    classifier = _load_classifier(settings)
+    executor = None
+    if classifier is not None and settings.routing.worker_process:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        from router import worker
+
+        executor = ProcessPoolExecutor(
+            max_workers=1,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=worker.init,
+            initargs=(settings.routing.taxonomy_file, settings.routing.cache_dir),
+        )
+    app = create_app(settings, classifier=classifier, classifier_executor=executor)
     banner = _banner(settings)
 
     class _Server(uvicorn.Server):
@@ -81,7 +95,11 @@ def _serve(settings: Settings) -> None:
         access_log=settings.access_log,
         timeout_graceful_shutdown=30,
     )
-    _Server(config).run()
+    try:
+        _Server(config).run()
+    finally:
+        if executor is not None:
+            executor.shutdown(cancel_futures=True)
 
 
 def _load_classifier(settings: Settings) -> DomainClassifier | None:

@@ -185,6 +185,9 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=1500, help="per variant and round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--delay-ms", type=float, default=20.0)
+    parser.add_argument("--set", action="append", default=[], metavar="SETTING=VALUE",
+                        help="gateway setting as an env override, e.g. "
+                             "ROUTING__MAX_FULL_PER_BATCH=0 (repeatable)")
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "bench_router.json")
     args = parser.parse_args()
 
@@ -196,6 +199,7 @@ def main() -> None:
     env.update({"SLM_GATEWAY_PORT": str(gateway_port),
                 "SLM_GATEWAY_UPSTREAM__URLS": json.dumps([upstream]),
                 "SLM_GATEWAY_LOG_LEVEL": "warning"})
+    env.update({f"SLM_GATEWAY_{k}": v for k, v in (item.split("=", 1) for item in args.set)})
     fake = [sys.executable, "-m", "loadtests.fake_upstream", "--port", str(upstream_port),
             "--delay-ms", str(args.delay_ms)]
     serve = [sys.executable, "-m", "gateway.cli", "serve"]

@@ -60,6 +60,10 @@ class BatchClassifier(Classifier, Protocol):
 
     def cached(self, text: str) -> Classification | None: ...
 
+    def remember_many(
+        self, texts: Sequence[str], results: Sequence[Classification]
+    ) -> None: ...
+
 
 def clip(text: str) -> str:
     text = text.strip()
@@ -243,6 +247,11 @@ class DomainClassifier:
             prediction.full_seconds,
             int((prediction.unsure & ~prediction.used_full).sum()),
         )
+
+    def remember_many(self, texts: Sequence[str], results: Sequence[Classification]) -> None:
+        """Cache answers computed elsewhere (the classifier worker process)."""
+        for text, result in zip(texts, results, strict=True):
+            self._remember(_key(text), result)
 
     def _remember(self, key: bytes, result: Classification) -> None:
         if self.cache_size <= 0:

@@ -115,6 +115,9 @@ class ScriptedClassifier:
     def cached(self, text: str) -> Classification | None:
         return self.memory.get(text)
 
+    def remember_many(self, texts: Sequence[str], results: Sequence[Classification]) -> None:
+        self.memory.update(zip(texts, results, strict=True))
+
     def classify_many(self, texts: Sequence[str], *, max_full: int | None = None) -> BatchResult:
         if self.fail:
             raise RuntimeError("boom")
