@@ -103,15 +103,22 @@ def _serve(settings: Settings) -> None:
 
 
 def _load_classifier(settings: Settings) -> DomainClassifier | None:
-    """The domain classifier for `auto`, trained on first use and cached (progress shown)."""
+    """The domain classifier for `auto`, or None when routing.classifier is off."""
     if not settings.routing.classifier:
         logger.warning("domain classifier disabled: `auto` requests go to the general model")
         return None
+    return _build_classifier(settings)
+
+
+def _build_classifier(settings: Settings, *, force: bool = False) -> DomainClassifier:
+    """Trained on first use and cached in routing.cache_dir (progress shown)."""
     from router.taxonomy import load_taxonomy
     from router.train import load_or_train
 
     taxonomy = load_taxonomy(settings.routing.taxonomy_file)
-    classifier = load_or_train(taxonomy, settings.routing.cache_dir, progress=logger.info)
+    classifier = load_or_train(
+        taxonomy, settings.routing.cache_dir, progress=logger.info, force=force
+    )
     classifier.cache_size = settings.routing.cache_size
     return classifier
 
@@ -172,10 +179,7 @@ def cmd_adapters_init_random(args: argparse.Namespace) -> int:
 def cmd_classify(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
     _setup_logging("warning")
-    classifier = _load_classifier(settings.model_copy(
-        update={"routing": settings.routing.model_copy(update={"classifier": True})}
-    ))
-    assert classifier is not None
+    classifier = _build_classifier(settings)
     threshold = settings.routing.confidence_threshold
     bad = 0
     for number, line in enumerate(sys.stdin, start=1):
@@ -200,13 +204,9 @@ def cmd_classify(args: argparse.Namespace) -> int:
 
 
 def cmd_router_train(args: argparse.Namespace) -> int:
-    from router.taxonomy import load_taxonomy
-    from router.train import load_or_train
-
     settings = load_settings(args.config)
     _setup_logging("info")
-    taxonomy = load_taxonomy(settings.routing.taxonomy_file)
-    classifier = load_or_train(taxonomy, settings.routing.cache_dir, force=args.force)
+    classifier = _build_classifier(settings, force=args.force)
     print(json.dumps(classifier.info, indent=2))
     return 0
 
@@ -217,10 +217,7 @@ def cmd_router_eval(args: argparse.Namespace) -> int:
 
     settings = load_settings(args.config)
     _setup_logging("info")
-    classifier = _load_classifier(settings.model_copy(
-        update={"routing": settings.routing.model_copy(update={"classifier": True})}
-    ))
-    assert classifier is not None
+    classifier = _build_classifier(settings)
     threshold = args.threshold if args.threshold is not None else (
         settings.routing.confidence_threshold
     )

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import aiohttp
 
-from loadtests.servers import free_port, wait_ready
+from loadtests.servers import free_port, gateway_env, wait_ready
 
 ROOT = Path(__file__).resolve().parents[1]
 BODY = {"messages": [{"role": "user", "content": "Say hello in five words."}], "max_tokens": 8}
@@ -131,13 +131,9 @@ def main() -> None:
     upstream_port, gateway_port = free_port(), free_port()
     upstream = f"http://127.0.0.1:{upstream_port}"
     gateway = f"http://127.0.0.1:{gateway_port}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SLM_GATEWAY_")}
-    env.update({"SLM_GATEWAY_PORT": str(gateway_port),
-                "SLM_GATEWAY_UPSTREAM__URLS": json.dumps([upstream]),
-                "SLM_GATEWAY_LOG_LEVEL": "warning",
-                # Plain overhead: `base` requests never classify; loading MiniLM would only
-                # slow the start (bench_router measures the classifier).
-                "SLM_GATEWAY_ROUTING__CLASSIFIER": "false"})
+    # Plain overhead: `base` requests never classify; loading MiniLM would only slow the start
+    # (bench_router measures the classifier).
+    env = gateway_env(gateway_port, upstream, ROUTING__CLASSIFIER="false")
     fake = [sys.executable, "-m", "loadtests.fake_upstream", "--port", str(upstream_port),
             "--delay-ms", str(args.delay_ms), "--chunks", str(args.chunks),
             "--chunk-delay-ms", str(args.chunk_delay_ms)]

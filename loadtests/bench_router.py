@@ -36,7 +36,7 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from loadtests.bench_overhead import _process, percentile
-from loadtests.servers import free_port
+from loadtests.servers import free_port, gateway_env
 from router.data import REALISTIC, authored_examples
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -195,11 +195,8 @@ def main() -> None:
     upstream_port, gateway_port = free_port(), free_port()
     upstream = f"http://127.0.0.1:{upstream_port}"
     gateway = f"http://127.0.0.1:{gateway_port}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SLM_GATEWAY_")}
-    env.update({"SLM_GATEWAY_PORT": str(gateway_port),
-                "SLM_GATEWAY_UPSTREAM__URLS": json.dumps([upstream]),
-                "SLM_GATEWAY_LOG_LEVEL": "warning"})
-    env.update({f"SLM_GATEWAY_{k}": v for k, v in (item.split("=", 1) for item in args.set)})
+    overrides = dict(item.split("=", 1) for item in args.set)
+    env = gateway_env(gateway_port, upstream, **overrides)
     fake = [sys.executable, "-m", "loadtests.fake_upstream", "--port", str(upstream_port),
             "--delay-ms", str(args.delay_ms)]
     serve = [sys.executable, "-m", "gateway.cli", "serve"]

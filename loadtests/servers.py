@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import socket
 import subprocess
 import time
@@ -28,3 +30,14 @@ def wait_ready(url: str, timeout_s: float, process: subprocess.Popen[bytes] | No
             pass
         time.sleep(0.2)
     raise TimeoutError(f"{url} not ready within {timeout_s} s")
+
+
+def gateway_env(port: int, upstream: str, **settings: str) -> dict[str, str]:
+    """This process's environment minus any SLM_GATEWAY_* the caller has, plus a gateway on
+    ``port`` in front of ``upstream``; ``settings`` are further SLM_GATEWAY_<KEY> overrides."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLM_GATEWAY_")}
+    env.update({"SLM_GATEWAY_PORT": str(port),
+                "SLM_GATEWAY_UPSTREAM__URLS": json.dumps([upstream]),
+                "SLM_GATEWAY_LOG_LEVEL": "warning"})
+    env.update({f"SLM_GATEWAY_{key}": value for key, value in settings.items()})
+    return env
