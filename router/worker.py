@@ -28,6 +28,7 @@ def init(taxonomy_file: Path | None, cache_dir: Path) -> None:
     torch.set_num_threads(1)  # one worker, one core: leave the other to the gateway
     _classifier = load_or_train(load_taxonomy(taxonomy_file), cache_dir, progress=lambda m: None)
     _classifier.cache_size = 0  # the gateway process keeps the cache
+    _classifier.predict(["warm up"], stage="full")  # load MiniLM now, not on a live request
 
 
 def classify_many(texts: Sequence[str], max_full: int | None) -> BatchResult:
