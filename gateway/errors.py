@@ -53,6 +53,31 @@ class ModelNotFoundError(GatewayError):
     code = "model_not_found"
 
 
+class AuthenticationError(GatewayError):
+    status_code = 401
+    type = "authentication_error"
+    code = "invalid_api_key"
+
+
+class PermissionDeniedError(GatewayError):
+    status_code = 403
+    type = "permission_error"
+
+
+class NotFoundError(GatewayError):
+    status_code = 404
+    type = "invalid_request_error"
+    code = "not_found"
+
+
+class ConflictError(GatewayError):
+    """The request is well formed but contradicts the current state (e.g. registry rules)."""
+
+    status_code = 409
+    type = "invalid_request_error"
+    code = "conflict"
+
+
 class UpstreamError(GatewayError):
     status_code = 502
     type = "upstream_error"

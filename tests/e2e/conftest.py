@@ -86,10 +86,14 @@ def gateway(vllm: Vllm, adapter_dirs: dict[str, Path], tmp_path_factory: pytest.
     config.write_text(yaml.safe_dump({
         "port": port,
         "upstream": {"urls": [vllm.url]},
-        "adapters": [
-            {"name": name, "domain": TEST_ADAPTERS[name][0], "path": str(path)}
-            for name, path in adapter_dirs.items()
-        ],
+        "adapters": {
+            "manifest": None,  # random adapters only: these tests are about the serving path
+            "allowed_dirs": [str(CACHE)],
+            "entries": [
+                {"name": name, "domain": TEST_ADAPTERS[name][0], "path": str(path)}
+                for name, path in adapter_dirs.items()
+            ],
+        },
     }))
     LOGS.mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLM_GATEWAY_")}

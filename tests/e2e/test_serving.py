@@ -29,9 +29,12 @@ def test_chat_completion_routed_to_the_base_model(oai: openai.OpenAI) -> None:
 
 
 def test_prepared_base_model_answers_a_simple_fact(oai: openai.OpenAI) -> None:
-    # Greedy decoding on the dequantized GGUF: a broken conversion would not say Paris.
+    # Greedy decoding on the 4-bit base: a broken conversion would not say Paris. (Asked bare,
+    # "What is the capital of France?", this 135M 4-bit model rambles about L'Etoile; asked
+    # for one word, it answers, as the bf16 one does.)
+    question = "Which city is the capital of France? Answer with one word."
     completion = oai.chat.completions.create(
-        model="base", messages=[{"role": "user", "content": "What is the capital of France?"}],
+        model="base", messages=[{"role": "user", "content": question}],
         max_tokens=16, temperature=0,
     )
     assert "Paris" in (completion.choices[0].message.content or "")

@@ -29,12 +29,19 @@ def adapter_root(tmp_path: Path) -> Path:
 def settings(adapter_root: Path) -> Settings:
     return Settings(
         upstream={"urls": ["http://vllm-a:8000"], "health_interval_s": 3600},
-        adapters=[
-            AdapterEntry(name="law-v1", domain="legal", path=make_adapter_dir(adapter_root, "law")),
-            AdapterEntry(
-                name="money-v1", domain="finance", path=make_adapter_dir(adapter_root, "money")
-            ),
-        ],
+        adapters={
+            "manifest": None,
+            "allowed_dirs": [adapter_root],
+            "preload": False,  # tests of on-demand loading; preloading has its own test
+            "entries": [
+                AdapterEntry(
+                    name="law-v1", domain="legal", path=make_adapter_dir(adapter_root, "law")
+                ),
+                AdapterEntry(
+                    name="money-v1", domain="finance", path=make_adapter_dir(adapter_root, "money")
+                ),
+            ],
+        },
     )
 
 

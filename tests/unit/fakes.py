@@ -19,6 +19,8 @@ class FakeVllm:
     loaded: set[str] = field(default_factory=set)
     fail_loads: set[str] = field(default_factory=set)
     load_calls: list[str] = field(default_factory=list)
+    inplace_loads: list[str] = field(default_factory=list)
+    unload_calls: list[str] = field(default_factory=list)
     requests: list[dict[str, object]] = field(default_factory=list)
     # Override the completion behaviour: return a Response or raise an httpx error.
     on_completion: Callable[[httpx.Request, dict[str, object]], httpx.Response] | None = None
@@ -40,11 +42,17 @@ class FakeVllm:
                 return httpx.Response(
                     404, json={"error": {"message": f"Loading lora {name} failed", "code": 404}}
                 )
-            if name in self.loaded:
+            if body.get("load_inplace"):
+                self.inplace_loads.append(name)
+            elif name in self.loaded:
                 return httpx.Response(
                     400, json={"error": {"message": f"{name} has already been loaded"}}
                 )
             self.loaded.add(name)
+            return httpx.Response(200, text="Success")
+        if path == "/v1/unload_lora_adapter":
+            self.unload_calls.append(body["lora_name"])
+            self.loaded.discard(body["lora_name"])
             return httpx.Response(200, text="Success")
         if path in ("/v1/chat/completions", "/v1/completions"):
             self.requests.append(body)

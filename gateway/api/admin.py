@@ -1,0 +1,170 @@
+"""The admin API: list, register, unload, promote and retire adapters at runtime.
+
+Guarded by its own bearer token (``admin_token``, env ``SLM_GATEWAY_ADMIN_TOKEN``); with no
+token configured the admin API is off (403), never open. Changes live in the running gateway
+only: to keep them across restarts, put them in the manifest (``slm-gateway adapters train``
+writes it) or the config.
+"""
+
+from __future__ import annotations
+
+import hmac
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from adapters.registry import ADAPTER_NAME_PATTERN, AdapterEntry, AdapterStatus, RegistryError
+from gateway.api.openai import GatewayDep
+from gateway.errors import (
+    AuthenticationError,
+    ConflictError,
+    NotFoundError,
+    PermissionDeniedError,
+)
+from gateway.proxy import Gateway
+
+
+async def require_admin(request: Request) -> None:
+    token = request.app.state.gateway.settings.admin_token
+    if token is None:
+        raise PermissionDeniedError(
+            "The admin API is disabled: set SLM_GATEWAY_ADMIN_TOKEN to enable it."
+        )
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(
+        given.encode(), token.get_secret_value().encode()
+    ):
+        raise AuthenticationError("A valid admin token is required (Authorization: Bearer ...).")
+
+router = APIRouter(prefix="/admin", dependencies=[Depends(require_admin)])
+
+class RegisterAdapter(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=ADAPTER_NAME_PATTERN)
+    domain: str
+    path: Path
+    version: int | None = Field(default=None, ge=1)  # default: current version + 1, or 1
+    status: AdapterStatus = AdapterStatus.SHADOW
+
+def describe(gateway: Gateway, entry: AdapterEntry) -> dict[str, Any]:
+    return {
+        "name": entry.name,
+        "domain": entry.domain,
+        "version": entry.version,
+        "status": entry.status.value,
+        "path": str(entry.path),
+        "base": entry.base,
+        "loaded_on": gateway.where_loaded(entry.name),
+        "training": entry.training,
+    }
+
+def _entry(gateway: Gateway, name: str) -> AdapterEntry:
+    entry = gateway.registry.get(name)
+    if entry is None:
+        raise NotFoundError(f"No adapter named '{name}' is registered.", param="name")
+    return entry
+
+@router.get("/adapters")
+async def list_adapters(gateway: GatewayDep) -> dict[str, Any]:
+    return {
+        "adapters": [describe(gateway, e) for e in gateway.registry],
+        "replicas": {
+            r.name: {"url": r.url, "healthy": r.healthy,
+                     "resident": gateway.loader.resident(r.url)}
+            for r in gateway.pool.replicas
+        },
+    }
+
+@router.post("/adapters")
+async def register_adapter(body: RegisterAdapter, gateway: GatewayDep) -> dict[str, Any]:
+    """Register a new adapter, or a new version of one (loaded in place where resident)."""
+    current = gateway.registry.get(body.name)
+    version = body.version or (current.version + 1 if current is not None else 1)
+    entry = AdapterEntry(
+        name=body.name, domain=body.domain, path=body.path.absolute(), version=version,
+        status=body.status,
+    )
+    try:
+        registry = gateway.registry.with_entry(entry)
+    except RegistryError as exc:
+        raise ConflictError(str(exc), param="path" if "path" in str(exc) else None) from None
+    gateway.set_registry(registry)
+    if entry.status is AdapterStatus.RETIRED:
+        replicas: dict[str, str] = {}
+    elif current is not None:
+        # Replicas holding the old version switch in place; others load it on first use.
+        upgraded = await gateway.loader.upgrade([r.url for r in gateway.pool.replicas], entry)
+        names = {r.url: r.name for r in gateway.pool.replicas}
+        replicas = {names[url]: result for url, result in upgraded.items()}
+        if not replicas:
+            replicas = await gateway.load_everywhere(entry)
+    else:
+        replicas = await gateway.load_everywhere(entry)
+    return {"adapter": describe(gateway, entry), "replicas": replicas}
+
+def _check_replica(gateway: Gateway, replica: str | None) -> None:
+    names = {r.name for r in gateway.pool.replicas}
+    if replica is not None and replica not in names:
+        raise NotFoundError(f"No replica named '{replica}' ({', '.join(sorted(names))}).",
+                            param="replica")
+
+
+@router.post("/adapters/{name}/load")
+async def load_adapter(
+    name: str, gateway: GatewayDep, replica: str | None = None
+) -> dict[str, Any]:
+    """Load on every healthy replica (or one: ``?replica=r1``), e.g. to warm a replica before
+    traffic arrives; the least recently used adapter there makes room if needed."""
+    entry = _entry(gateway, name)
+    _check_replica(gateway, replica)
+    if entry.status is AdapterStatus.RETIRED:
+        raise ConflictError(f"Adapter '{name}' is retired: promote it before loading it.")
+    return {"name": name, "replicas": await gateway.load_everywhere(entry, only=replica)}
+
+
+@router.post("/adapters/{name}/unload")
+async def unload_adapter(
+    name: str, gateway: GatewayDep, replica: str | None = None
+) -> dict[str, Any]:
+    """Unload from every replica (or one: ``?replica=r1``); it stays registered and loads again
+    on the next request that needs it."""
+    _entry(gateway, name)
+    _check_replica(gateway, replica)
+    return {"name": name, "replicas": await gateway.unload_everywhere(name, only=replica)}
+
+async def _set_status(gateway: Gateway, name: str, status: AdapterStatus) -> dict[str, Any]:
+    _entry(gateway, name)
+    try:
+        registry = gateway.registry.with_status(name, status)
+    except RegistryError as exc:
+        raise ConflictError(str(exc)) from None
+    previous = {e.name for e in gateway.registry if e.status is not AdapterStatus.RETIRED}
+    gateway.set_registry(registry)
+    retired = [
+        e.name for e in registry if e.status is AdapterStatus.RETIRED and e.name in previous
+    ]
+    for retired_name in retired:
+        await gateway.unload_everywhere(retired_name)
+    replicas = {}
+    if status is AdapterStatus.ACTIVE:
+        replicas = await gateway.load_everywhere(_entry(gateway, name))
+    return {
+        "adapter": describe(gateway, _entry(gateway, name)),
+        "retired": retired,
+        "replicas": replicas,
+    }
+
+@router.post("/adapters/{name}/promote")
+async def promote_adapter(name: str, gateway: GatewayDep) -> dict[str, Any]:
+    """Make ``name`` its domain's active adapter; the previous active one is retired."""
+    return await _set_status(gateway, name, AdapterStatus.ACTIVE)
+
+@router.post("/adapters/{name}/retire")
+async def retire_adapter(name: str, gateway: GatewayDep) -> dict[str, Any]:
+    """Stop serving ``name`` (kept in the list for the record) and unload it everywhere."""
+    return await _set_status(gateway, name, AdapterStatus.RETIRED)
+
+AdminDep = Annotated[None, Depends(require_admin)]
