@@ -1,0 +1,137 @@
+"""Scoring answers of the evaluation suite, and summarising paired scores. Pure functions.
+
+Each suite item has one metric (:data:`adapters.corpus.METRIC_FOR_TASK`):
+
+* ``accuracy`` (multiple choice): the model does not write an answer; each option is scored by
+  the mean log-probability of its tokens after the prompt (vLLM prompt logprobs) and the best
+  one is the model's choice. The mean, not the sum, so long options are not penalised for their
+  length (lm-eval-harness' ``acc_norm`` idea, per token instead of per byte).
+* ``exact_match`` (short answer): SQuAD normalisation (case, punctuation, articles, spaces) of
+  the answer's first line against every reference. Small models often go on after the answer;
+  the first line is what a user reads as the answer.
+* ``rouge_l`` (generation): ROUGE-L F-measure (Google's ``rouge-score``), best reference.
+
+Token F1 is kept alongside exact match for short answers, as partial credit in the records.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import string
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rouge_score.rouge_scorer import RougeScorer
+
+ACCURACY, EXACT_MATCH, ROUGE_L = "accuracy", "exact_match", "rouge_l"
+
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+_PUNCTUATION = str.maketrans("", "", string.punctuation)
+
+
+def normalize(text: str) -> str:
+    """SQuAD's answer normalisation."""
+    text = text.lower().translate(_PUNCTUATION)
+    return " ".join(_ARTICLES.sub(" ", text).split())
+
+
+def first_line(text: str) -> str:
+    for line in text.strip().splitlines():
+        if line.strip():
+            return line.strip()
+    return ""
+
+
+def exact_match(prediction: str, references: Sequence[str]) -> float:
+    answer = normalize(first_line(prediction))
+    return float(any(answer == normalize(ref) for ref in references))
+
+
+def token_f1(prediction: str, references: Sequence[str]) -> float:
+    answer = normalize(first_line(prediction)).split()
+    best = 0.0
+    for ref in references:
+        expected = normalize(ref).split()
+        common = sum((Counter(answer) & Counter(expected)).values())
+        if common:
+            precision, recall = common / len(answer), common / len(expected)
+            best = max(best, 2 * precision * recall / (precision + recall))
+    return best
+
+
+@lru_cache(maxsize=1)
+def _rouge() -> RougeScorer:
+    from rouge_score.rouge_scorer import RougeScorer
+
+    return RougeScorer(["rougeL"], use_stemmer=True)
+
+
+def rouge_l(prediction: str, references: Sequence[str]) -> float:
+    scorer = _rouge()
+    return max((scorer.score(ref, prediction)["rougeL"].fmeasure for ref in references),
+               default=0.0)
+
+
+def choose(option_logprobs: Sequence[Sequence[float]]) -> int:
+    """The option with the highest mean token log-probability (ties: the first)."""
+    if not option_logprobs or any(not lps for lps in option_logprobs):
+        raise ValueError("every option needs at least one token log-probability")
+    means = [sum(lps) / len(lps) for lps in option_logprobs]
+    return max(range(len(means)), key=means.__getitem__)
+
+
+def score_text(metric: str, prediction: str, references: Sequence[str]) -> float:
+    if metric == EXACT_MATCH:
+        return exact_match(prediction, references)
+    if metric == ROUGE_L:
+        return rouge_l(prediction, references)
+    raise ValueError(f"{metric!r} does not score generated text")
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A mean with its two-sided confidence interval (Student's t)."""
+
+    n: int
+    mean: float
+    low: float
+    high: float
+
+    @property
+    def below_zero(self) -> bool:
+        return self.high < 0
+
+    @property
+    def above_zero(self) -> bool:
+        return self.low > 0
+
+
+def estimate(values: Sequence[float], confidence: float = 0.95) -> Estimate:
+    """Mean and t-interval. Per-item scores are bounded, so with the sample sizes used here
+    (tens of items and more) the t-interval is a fair approximation; n < 2 has no interval."""
+    n = len(values)
+    if n == 0:
+        return Estimate(0, math.nan, -math.inf, math.inf)
+    mean = sum(values) / n
+    if n == 1:
+        return Estimate(1, mean, -math.inf, math.inf)
+    from scipy.stats import t
+
+    variance = sum((v - mean) ** 2 for v in values) / (n - 1)
+    half = float(t.ppf((1 + confidence) / 2, n - 1)) * math.sqrt(variance / n)
+    return Estimate(n, mean, mean - half, mean + half)
+
+
+def paired_delta(
+    specialized: Sequence[float], general: Sequence[float], confidence: float = 0.95
+) -> Estimate:
+    """Specialized minus general on the same items: pairing removes item difficulty from the
+    noise, so far fewer items show a real difference than two independent means would."""
+    if len(specialized) != len(general):
+        raise ValueError("paired scores need the same items on both sides")
+    return estimate([s - g for s, g in zip(specialized, general, strict=True)], confidence)

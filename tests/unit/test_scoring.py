@@ -1,0 +1,69 @@
+"""Suite scoring on answers whose scores are known by hand."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from adapters.scoring import (
+    choose,
+    estimate,
+    exact_match,
+    paired_delta,
+    rouge_l,
+    score_text,
+    token_f1,
+)
+
+
+def test_exact_match_ignores_case_punctuation_articles_and_what_follows_the_first_line() -> None:
+    assert exact_match("The Eiffel Tower.\nIt was built in 1889.", ["Eiffel tower"]) == 1.0
+    assert exact_match("Paris", ["London", "paris"]) == 1.0
+    assert exact_match("Paris, France", ["Paris"]) == 0.0
+    assert exact_match("", ["Paris"]) == 0.0
+
+
+def test_token_f1_gives_partial_credit() -> None:
+    assert token_f1("Paris, France", ["Paris"]) == pytest.approx(2 * 0.5 * 1 / 1.5)
+    assert token_f1("Berlin", ["Paris"]) == 0.0
+    assert token_f1("the cat sat", ["cat sat"]) == 1.0
+
+
+def test_rouge_l_is_the_f_measure_of_the_longest_common_subsequence() -> None:
+    # LCS("the cat sat on the mat", "the cat lay on the mat") = 5 of 6 words each side.
+    assert rouge_l("the cat sat on the mat", ["the cat lay on the mat"]) == pytest.approx(5 / 6)
+    assert rouge_l("entirely different words", ["the cat"]) == 0.0
+    assert rouge_l("the cat", ["a dog", "the cat"]) == 1.0  # best reference
+
+
+def test_score_text_refuses_a_metric_that_is_not_about_text() -> None:
+    assert score_text("exact_match", "yes", ["Yes"]) == 1.0
+    with pytest.raises(ValueError, match="accuracy"):
+        score_text("accuracy", "yes", ["Yes"])
+
+
+def test_choose_picks_the_option_with_the_best_mean_token_logprob() -> None:
+    # The long option has the lower sum but the higher mean: its length is not held against it.
+    assert choose([[-2.0], [-1.0, -1.0, -1.0]]) == 1
+    assert choose([[-0.5], [-0.5]]) == 0
+    with pytest.raises(ValueError):
+        choose([[-1.0], []])
+
+
+def test_estimate_matches_a_t_interval_computed_by_hand() -> None:
+    result = estimate([1.0, 0.0, 1.0, 1.0])  # mean .75, sd .5, se .25, t(.975, 3) = 3.182
+    assert result.mean == 0.75
+    assert result.low == pytest.approx(0.75 - 3.1824 * 0.25, abs=1e-3)
+    assert result.high == pytest.approx(0.75 + 3.1824 * 0.25, abs=1e-3)
+    assert estimate([0.5]).low == -math.inf and estimate([]).n == 0
+
+
+def test_paired_delta_sees_a_consistent_small_gain_that_unpaired_means_would_not() -> None:
+    general = [0.1, 0.9, 0.3, 0.7, 0.5, 0.2, 0.8, 0.4]
+    specialized = [g + 0.05 for g in general]
+    delta = paired_delta(specialized, general)
+    assert delta.mean == pytest.approx(0.05) and delta.above_zero
+    assert not estimate(specialized).low > estimate(general).high
+    with pytest.raises(ValueError):
+        paired_delta([1.0], [1.0, 0.0])
