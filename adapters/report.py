@@ -52,7 +52,7 @@ def _mean(values: Any) -> float:
 
 def format_markdown(report: dict[str, Any]) -> str:
     lines = [
-        "| domain | train items (sources) | steps | final loss | held-out ppl before | after | "
+        "| domain | examples trained (split items per source) | steps | final loss | held-out ppl before | after | "
         "change | time s |",
         "|---|---|---|---|---|---|---|---|",
     ]

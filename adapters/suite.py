@@ -25,7 +25,7 @@ import logging
 import math
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -192,3 +192,28 @@ async def score_all(
 def reference_perplexity(scores: Iterable[ItemScore]) -> float:
     values = [s.reference_logprob for s in scores]
     return math.exp(-sum(values) / len(values)) if values else math.nan
+
+
+async def run_suite(
+    base_url: str,
+    base_model: str,
+    adapters: Mapping[str, tuple[str, str]],
+    items: Sequence[DomainItem],
+    *,
+    concurrency: int = 4,
+    progress: Progress | None = None,
+) -> list[ItemScore]:
+    """Score every item on the general model and, where its domain has one (``adapters``:
+    domain -> (adapter name, path)), on the domain adapter, which is loaded first."""
+    from adapters.vllm_admin import load_adapter
+
+    async with httpx.AsyncClient(base_url=base_url, timeout=300) as client:
+        for name, path in adapters.values():
+            await load_adapter(client, base_url, name, path)
+        jobs: list[tuple[DomainItem, str]] = []
+        for item in sorted(items, key=lambda i: i.domain):  # one adapter at a time, mostly
+            jobs.append((item, base_model))
+            if item.domain in adapters:
+                jobs.append((item, adapters[item.domain][0]))
+        return await score_all(VllmScorer(client), jobs, concurrency=concurrency,
+                               progress=progress)

@@ -10,6 +10,7 @@
     slm-gateway classify       JSON lines {"text": ...} in, {"domain", "confidence", "route"} out
     slm-gateway router train   train (or load) the domain classifier for the configured taxonomy
     slm-gateway router eval    accuracy, macro-F1, recall, confusion, latency on held-out data
+    slm-gateway suite run      general vs domain adapters on the evaluation suite: table, JSON, plot
 """
 
 from __future__ import annotations
@@ -303,6 +304,67 @@ def cmd_adapters_admin(args: argparse.Namespace) -> int:
     return 0 if response.is_success else 1
 
 
+def cmd_suite_run(args: argparse.Namespace) -> int:
+    """Score the general model and every domain adapter on the suite; table, JSON and plot."""
+    import asyncio
+    import time
+
+    from adapters.base_model import prepare_base
+    from adapters.registry import AdapterStatus, load_manifest
+    from adapters.suite import run_suite, suite_items
+    from adapters.suite_report import format_table, plot, save, summarise
+    from gateway.engine import EmbeddedEngine, EngineStartError
+
+    settings = load_settings(args.config)
+    _setup_logging("info")
+    try:
+        items = suite_items(args.domains, per_domain=args.limit)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    wanted = {item.domain for item in items}
+    manifest = settings.adapters.manifest
+    entries = load_manifest(manifest) if manifest is not None and manifest.is_file() else []
+    adapters = {e.domain: (e.name, str(e.path)) for e in entries
+                if e.status is AdapterStatus.ACTIVE and e.domain in wanted}
+    base_model = settings.upstream.served_model_name
+    engine = None
+    url = args.url
+    if url is None:
+        engine_settings = settings.engine.model_copy(update={
+            "max_cpu_loras": max(len(adapters), 1), "log_file": Path("var/log/suite-vllm.log")})
+        engine = EmbeddedEngine(engine_settings, prepare_base(engine_settings.cache_dir).path,
+                                base_model)
+    started = time.monotonic()
+    step = max(1, (len(items) + len(adapters) * args.limit) // 40)
+
+    def progress(done: int, total: int) -> None:
+        if done % step == 0 or done == total:
+            elapsed = time.monotonic() - started
+            logger.info("suite: %d/%d scored, %.0f s, ETA %.0f s", done, total, elapsed,
+                        elapsed / done * (total - done))
+
+    try:
+        if engine is not None:
+            url = engine.start()
+        logger.info("suite: %d items in %d domains, %d adapters, on %s", len(items), len(wanted),
+                    len(adapters), url)
+        scores = asyncio.run(run_suite(url, base_model, adapters, items,
+                                       concurrency=args.concurrency, progress=progress))
+    except EngineStartError as exc:
+        logger.error("%s", exc)
+        return 1
+    finally:
+        if engine is not None:
+            engine.stop()
+    summary = summarise(scores, base_model, {d: name for d, (name, _) in adapters.items()})
+    save(summary, scores, args.out)
+    plot(summary, args.plot)
+    print(format_table(summary))
+    print(f"\nsaved {args.out} and {args.plot}")
+    return 0
+
+
 def cmd_classify(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
     _setup_logging("warning")
@@ -459,6 +521,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("results/router_eval.json"))
     p.add_argument("--plot", type=Path, default=Path("results/router_eval.png"))
     p.set_defaults(func=cmd_router_eval)
+
+    suite = sub.add_parser("suite", help="the 14-domain evaluation suite").add_subparsers(
+        dest="suite_command", required=True
+    )
+    p = suite.add_parser("run", help="score the general model vs each domain adapter")
+    p.add_argument("--config", type=Path, default=None, help="YAML settings file")
+    p.add_argument("--domains", type=lambda s: [d for d in s.split(",") if d], default=None,
+                   help="comma-separated domain ids (default: all)")
+    p.add_argument("--limit", type=int, default=40, help="items per domain")
+    p.add_argument("--url", default=None,
+                   help="an existing vLLM server (default: start one with the 4-bit base)")
+    p.add_argument("--concurrency", type=int, default=4)
+    p.add_argument("--out", type=Path, default=Path("results/suite.json"))
+    p.add_argument("--plot", type=Path, default=Path("results/suite.png"))
+    p.set_defaults(func=cmd_suite_run)
     return parser
 
 
