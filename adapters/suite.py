@@ -20,12 +20,14 @@ reference perplexity reported next to the scores.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import math
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -97,12 +99,28 @@ class ItemScore:
 class VllmScorer:
     """Scores suite items on one vLLM OpenAI server (``client`` has its base URL)."""
 
-    def __init__(self, client: httpx.AsyncClient) -> None:
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        *,
+        base_url: str = "",
+        throttle: Callable[[], AbstractAsyncContextManager[None]] | None = None,
+        max_cached_prompts: int = 4096,
+    ) -> None:
+        """``base_url`` prefixes every path (empty: the client's own base URL); ``throttle``
+        admits each model call (the shadow evaluator's budget; /tokenize is not throttled)."""
         self._client = client
+        self._base_url = base_url
+        self._throttle = throttle or contextlib.nullcontext
         self._prefix_tokens: dict[str, int] = {}
+        self._max_cached = max_cached_prompts
 
     async def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        response = await self._client.post(path, json=body)
+        if path.startswith("/v1/"):
+            async with self._throttle():
+                response = await self._client.post(self._base_url + path, json=body)
+        else:
+            response = await self._client.post(self._base_url + path, json=body)
         if response.status_code != 200:
             raise SuiteError(f"{path} answered {response.status_code}: {response.text[:300]}")
         result: dict[str, Any] = response.json()
@@ -112,6 +130,8 @@ class VllmScorer:
         if prompt not in self._prefix_tokens:
             body = {"messages": [{"role": "user", "content": prompt}],
                     "add_generation_prompt": True}
+            if len(self._prefix_tokens) >= self._max_cached:
+                self._prefix_tokens.clear()
             self._prefix_tokens[prompt] = int((await self._post("/tokenize", body))["count"])
         return self._prefix_tokens[prompt]
 
@@ -132,12 +152,15 @@ class VllmScorer:
             raise SuiteError(f"prompt logprobs do not line up with the tokens of {model}'s prompt")
         return [float(entries[i][str(ids[i])]["logprob"]) for i in range(prefix, len(ids))]
 
-    async def generate(self, model: str, prompt: str, max_tokens: int) -> str:
+    async def chat(self, model: str, messages: list[dict[str, Any]], max_tokens: int) -> str:
+        """A greedy answer to a conversation."""
         result = await self._post("/v1/chat/completions", {
-            "model": model, "messages": [{"role": "user", "content": prompt}],
-            "max_tokens": max_tokens, "temperature": 0,
+            "model": model, "messages": messages, "max_tokens": max_tokens, "temperature": 0,
         })
         return str(result["choices"][0]["message"]["content"] or "")
+
+    async def generate(self, model: str, prompt: str, max_tokens: int) -> str:
+        return await self.chat(model, [{"role": "user", "content": prompt}], max_tokens)
 
     async def score(self, item: DomainItem, model: str) -> ItemScore:
         started = time.perf_counter()

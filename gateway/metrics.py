@@ -113,3 +113,72 @@ class Metrics:
             ["replica"],
             registry=r,
         )
+        # ---------------------------------------------------------------- shadow evaluation
+        # `adapter` is a registered adapter name, or `none` for the general model's own score.
+        self.shadow_score = Gauge(
+            "slm_shadow_score",
+            "Mean suite score over the evidence window, by domain and adapter (none = general).",
+            ["domain", "adapter"],
+            registry=r,
+        )
+        self.shadow_delta = Gauge(
+            "slm_shadow_delta",
+            "Mean paired score delta, adapter minus general, over the evidence window.",
+            ["domain", "adapter"],
+            registry=r,
+        )
+        self.shadow_delta_low = Gauge(
+            "slm_shadow_delta_low",
+            "Lower bound of the delta's confidence interval (-Inf until two samples).",
+            ["domain", "adapter"],
+            registry=r,
+        )
+        self.shadow_delta_high = Gauge(
+            "slm_shadow_delta_high",
+            "Upper bound of the delta's confidence interval (+Inf until two samples).",
+            ["domain", "adapter"],
+            registry=r,
+        )
+        self.shadow_evidence = Gauge(
+            "slm_shadow_evidence_samples",
+            "Paired samples in the evidence window the delta is computed from.",
+            ["domain", "adapter"],
+            registry=r,
+        )
+        self.shadow_samples = Counter(
+            "slm_shadow_samples",
+            "Items answered by both variants, by domain and source (suite, live).",
+            ["domain", "source"],
+            registry=r,
+        )
+        self.shadow_calls = Counter(
+            "slm_shadow_calls",
+            "Model calls made by the shadow evaluator (its budget is in these).",
+            registry=r,
+        )
+        self.shadow_calls_in_flight = Gauge(
+            "slm_shadow_calls_in_flight",
+            "Shadow model calls in flight.",
+            registry=r,
+        )
+        self.shadow_budget = Gauge(
+            "slm_shadow_budget_calls_per_second",
+            "The configured shadow budget (shadow.calls_per_second).",
+            registry=r,
+        )
+        self.shadow_errors = Counter(
+            "slm_shadow_errors",
+            "Shadow evaluations that failed (the item is skipped).",
+            registry=r,
+        )
+        self.shadow_live_dropped = Counter(
+            "slm_shadow_live_dropped",
+            "Sampled live requests dropped because the shadow queue was full.",
+            registry=r,
+        )
+        self.quality_gate_closed = Gauge(
+            "slm_quality_gate_closed",
+            "1 when the quality gate sends the domain to the general model, else 0.",
+            ["domain"],
+            registry=r,
+        )

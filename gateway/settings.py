@@ -113,6 +113,36 @@ class RoutingSettings(BaseModel):
     full_stage_cpu_share: float = Field(default=0.1, ge=0.0, le=2.0)
 
 
+class ShadowSettings(BaseModel):
+    """The shadow evaluator: suite items (and optionally sampled live requests) answered by a
+    domain's adapter and by the general model, scored, and fed to the quality gate."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    # The budget, in upstream generation calls (a multiple-choice item costs one per option and
+    # variant; /tokenize calls are free). Shadow calls also wait while user requests in flight
+    # exceed `yield_above`, so they take idle capacity only.
+    max_concurrency: int = Field(default=1, ge=1)
+    calls_per_second: float = Field(default=1.0, gt=0)
+    yield_above: int = Field(default=2, ge=0)
+    items_per_domain: int = Field(default=40, ge=1)
+    # Fraction of `auto` requests also answered by the other variant (general vs specialized),
+    # both answers kept in the pair store for review. Off by default: it stores user prompts.
+    live_sample_rate: float = Field(default=0.0, ge=0.0, le=1.0)
+    live_queue: int = Field(default=16, ge=1)  # sampled requests waiting; more are dropped
+    store: Path = Path("var/shadow/pairs.jsonl")
+    # Evidence per adapter version: the last `window` paired scores; the gate acts from
+    # `min_samples` on, on the `confidence` interval of the paired delta.
+    window: int = Field(default=200, ge=2)
+    min_samples: int = Field(default=30, ge=2)
+    confidence: float = Field(default=0.95, gt=0.5, lt=1.0)
+    gate: bool = True  # False: evidence is reported, routing never changes
+    # Promote a shadow version automatically once it beats the active one (and the general
+    # model) with `min_samples` evidence. False: an operator promotes (admin API).
+    auto_promote: bool = False
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="SLM_GATEWAY_",
@@ -130,6 +160,7 @@ class Settings(BaseSettings):
     upstream: UpstreamSettings = UpstreamSettings()
     routing: RoutingSettings = RoutingSettings()
     adapters: AdapterSettings = AdapterSettings()
+    shadow: ShadowSettings = ShadowSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -1,9 +1,9 @@
 """The evaluation suite: fixed items disjoint from training, scored against a fake vLLM whose
-log-probabilities and answers are known, summarised into paired deltas."""
+log-probabilities and answers are known (tokens are words, see FakeVllm), summarised into paired
+deltas."""
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 
 import httpx
@@ -12,6 +12,7 @@ import pytest
 from adapters.corpus import TEST, TRAIN, DomainItem, domain_items
 from adapters.suite import ItemScore, SuiteError, VllmScorer, score_all, suite_items
 from adapters.suite_report import format_table, summarise
+from tests.unit.fakes import FakeVllm
 
 MC = DomainItem(id="t/1", domain="legal", source="t", task="multiple_choice",
                 prompt="Pick one.\nOptions: alpha | beta gamma\nAnswer with one of the options.",
@@ -22,43 +23,14 @@ SHORT = DomainItem(id="t/2", domain="legal", source="t", task="short_answer",
                    split=TEST, references=("Paris",))
 
 
-class WordVllm:
-    """Tokens are words; ``logprob[model][word]`` is each answer word's log-probability; the
-    chat template is ``<user> prompt <assistant> answer``."""
-
-    def __init__(self, logprob: dict[str, dict[str, float]], answers: dict[str, str]) -> None:
-        self.logprob, self.answers = logprob, answers
-        self.vocab: dict[str, int] = {}
-
-    def ids(self, words: list[str]) -> list[int]:
-        return [self.vocab.setdefault(w, len(self.vocab)) for w in words]
-
-    def render(self, body: dict[str, object]) -> list[str]:
-        words: list[str] = []
-        for message in body["messages"]:  # type: ignore[attr-defined]
-            words += [f"<{message['role']}>", *message["content"].split()]
-        if body.get("add_generation_prompt"):
-            words.append("<assistant>")
-        return words
-
-    def handle(self, request: httpx.Request) -> httpx.Response:
-        body = json.loads(request.content)
-        words = self.render(body)
-        if request.url.path == "/tokenize":
-            return httpx.Response(200, json={"tokens": self.ids(words), "count": len(words)})
-        model = body["model"]
-        if body.get("prompt_logprobs") is not None:
-            table = self.logprob[model]
-            entries = [None] + [{str(i): {"logprob": table.get(w, -5.0), "rank": 1}}
-                                for i, w in zip(self.ids(words)[1:], words[1:], strict=True)]
-            return httpx.Response(200, json={"choices": [], "prompt_logprobs": entries})
-        message = {"role": "assistant", "content": self.answers[model]}
-        return httpx.Response(200, json={"choices": [{"message": message}]})
+def word_vllm(logprob: dict[str, dict[str, float]], answers: dict[str, str]) -> FakeVllm:
+    """Every answer word's log-probability per model (-5 for words not listed)."""
+    return FakeVllm(word_logprob=lambda model, word: logprob.get(model, {}).get(word, -5.0),
+                    answers=answers, loaded={*logprob, *answers})
 
 
-def scorer(fake: WordVllm) -> VllmScorer:
-    return VllmScorer(httpx.AsyncClient(transport=httpx.MockTransport(fake.handle),
-                                        base_url="http://vllm"))
+def scorer(fake: FakeVllm) -> VllmScorer:
+    return VllmScorer(httpx.AsyncClient(transport=fake.transport(), base_url="http://vllm"))
 
 
 def test_suite_items_come_from_the_test_split_only_and_never_from_training_prompts() -> None:
@@ -80,7 +52,7 @@ def test_a_small_suite_is_the_same_every_time_and_covers_every_source_of_a_domai
 
 async def test_multiple_choice_is_scored_by_the_best_mean_logprob_of_the_option_tokens() -> None:
     # "beta gamma" averages -1.0 under the adapter, beating "alpha" (-2.0); the base prefers alpha.
-    fake = WordVllm({"lora": {"alpha": -2.0, "beta": -1.5, "gamma": -0.5},
+    fake = word_vllm({"lora": {"alpha": -2.0, "beta": -1.5, "gamma": -0.5},
                      "base": {"alpha": -0.1, "beta": -3.0, "gamma": -3.0}}, answers={})
     s = scorer(fake)
     lora, base = await s.score(MC, "lora"), await s.score(MC, "base")
@@ -90,7 +62,7 @@ async def test_multiple_choice_is_scored_by_the_best_mean_logprob_of_the_option_
 
 
 async def test_short_answers_are_generated_then_matched_and_their_reference_is_scored() -> None:
-    fake = WordVllm({"base": {"Paris": -0.25}}, answers={"base": "Paris.\nIt is in France."})
+    fake = word_vllm({"base": {"Paris": -0.25}}, answers={"base": "Paris.\nIt is in France."})
     result = await scorer(fake).score(SHORT, "base")
     assert (result.score, result.f1, result.reference_logprob) == (1.0, 1.0, -0.25)
 
@@ -105,7 +77,7 @@ async def test_a_server_error_is_reported_not_scored_as_a_wrong_answer() -> None
 
 
 async def test_score_all_keeps_job_order_and_reports_progress() -> None:
-    fake = WordVllm({"a": {"Paris": -1.0}, "b": {"Paris": -1.0}}, answers={"a": "Paris", "b": "x"})
+    fake = word_vllm({"a": {"Paris": -1.0}, "b": {"Paris": -1.0}}, answers={"a": "Paris", "b": "x"})
     seen: list[tuple[int, int]] = []
     results = await score_all(scorer(fake), [(SHORT, "a"), (SHORT, "b")], concurrency=2,
                               progress=lambda done, total: seen.append((done, total)))

@@ -1,0 +1,418 @@
+"""The shadow evaluator: keeps scoring each domain's adapter against the general model.
+
+A background task of the gateway. It takes the suite items (:mod:`adapters.suite`, the test
+split: never trained on) one domain after the other, answers each with the general model, the
+domain's active adapter and any shadow versions, scores the answers, and keeps the last
+``window`` paired scores per adapter version as evidence. After every item the quality gate
+(:func:`router.gate.gated_domains`) decides which domains the general model serves; a shadow
+version that beats the active one may be promoted (``auto_promote``).
+
+Sampled live traffic (``live_sample_rate``) is answered by both variants too and both answers are
+kept in the pair store for review; it has no reference answer, so it is not scored and does not
+move the gate.
+
+Budget: shadow calls go through :class:`ShadowBudget` (concurrency, calls per second, and a pause
+while user requests are in flight), and never count as a replica's outstanding user requests.
+Paired records go to a JSON-lines store with a pair id, never into metric labels.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import time
+import uuid
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from adapters.registry import AdapterEntry, AdapterStatus
+from adapters.scoring import Estimate, estimate, paired_delta, rouge_l
+from adapters.suite import ItemScore, VllmScorer
+from gateway.metrics import NONE, Metrics
+from gateway.settings import ShadowSettings
+from gateway.upstream import choose_replica
+from router.gate import GateRule, gated_domains
+
+if TYPE_CHECKING:
+    from adapters.corpus import DomainItem
+    from gateway.protocol import ChatCompletionRequest
+    from gateway.proxy import Gateway
+
+logger = logging.getLogger(__name__)
+
+GENERAL = NONE  # the `adapter` label value of the general model's scores
+LIVE_MAX_TOKENS = 128
+
+
+class ShadowBudget:
+    """Admits shadow calls: at most ``max_concurrency`` at once, starts spaced by
+    ``1 / calls_per_second``, and none while ``busy()`` says user traffic needs the replicas."""
+
+    def __init__(
+        self,
+        max_concurrency: int,
+        calls_per_second: float,
+        busy: Callable[[], bool] = lambda: False,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        poll_s: float = 0.05,
+    ) -> None:
+        self._slots = asyncio.Semaphore(max_concurrency)
+        self._interval = 1.0 / calls_per_second
+        self._busy = busy
+        self._clock = clock
+        self._poll_s = poll_s
+        self._next_start = 0.0
+        self.in_flight = 0
+        self.started = 0
+
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        async with self._slots:
+            while True:
+                wait = self._next_start - self._clock()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                elif self._busy():
+                    await asyncio.sleep(self._poll_s)
+                else:
+                    break
+            self._next_start = self._clock() + self._interval
+            self.in_flight += 1
+            self.started += 1
+            try:
+                yield
+            finally:
+                self.in_flight -= 1
+
+
+@dataclass
+class Evidence:
+    """Paired scores per (adapter, version): ``vs_general`` (adapter, general) for every adapter,
+    ``vs_active`` (shadow, active) for shadow versions; the last ``window`` pairs of each."""
+
+    window: int
+    vs_general: dict[tuple[str, int], deque[tuple[float, float]]] = field(default_factory=dict)
+    vs_active: dict[tuple[str, int], deque[tuple[float, float]]] = field(default_factory=dict)
+
+    def _pairs(
+        self, table: dict[tuple[str, int], deque[tuple[float, float]]], key: tuple[str, int]
+    ) -> deque[tuple[float, float]]:
+        return table.setdefault(key, deque(maxlen=self.window))
+
+    def add(self, entry: AdapterEntry, score: float, general: float,
+            active: float | None = None) -> None:
+        key = (entry.name, entry.version)
+        self._pairs(self.vs_general, key).append((score, general))
+        if active is not None:
+            self._pairs(self.vs_active, key).append((score, active))
+
+    def delta(self, entry: AdapterEntry, confidence: float, *, against_active: bool = False
+              ) -> Estimate:
+        table = self.vs_active if against_active else self.vs_general
+        pairs = table.get((entry.name, entry.version), ())
+        return paired_delta([a for a, _ in pairs], [b for _, b in pairs], confidence)
+
+    def scores(self, entry: AdapterEntry) -> tuple[list[float], list[float]]:
+        pairs = self.vs_general.get((entry.name, entry.version), ())
+        return [a for a, _ in pairs], [b for _, b in pairs]
+
+
+class PairStore:
+    """Appends paired records as JSON lines; rotates to ``<name>.1`` past ``max_bytes``."""
+
+    def __init__(self, path: Path, max_bytes: int = 50 * 1024 * 1024) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+
+    def _append(self, line: str) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.exists() and self.path.stat().st_size > self.max_bytes:
+            self.path.replace(self.path.with_name(self.path.name + ".1"))
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(line + "\n")
+
+    async def append(self, record: dict[str, Any]) -> None:
+        await asyncio.to_thread(self._append, json.dumps(record, ensure_ascii=False))
+
+
+@dataclass(frozen=True)
+class LiveSample:
+    domain: str
+    messages: list[dict[str, Any]]
+    max_tokens: int
+
+
+class ShadowEvaluator:
+    def __init__(
+        self,
+        gateway: Gateway,
+        settings: ShadowSettings,
+        metrics: Metrics,
+        *,
+        items: Sequence[DomainItem] | None = None,
+        load_items: Callable[[int], Sequence[DomainItem]] | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.gateway = gateway
+        self.settings = settings
+        self.metrics = metrics
+        self.budget = ShadowBudget(settings.max_concurrency, settings.calls_per_second,
+                                   busy=self._user_busy)
+        self.evidence = Evidence(settings.window)
+        self.store = PairStore(settings.store)
+        self.rule = GateRule(min_samples=settings.min_samples)
+        self._items = list(items) if items is not None else None
+        self._load_items = load_items
+        self._live: asyncio.Queue[LiveSample] = asyncio.Queue(settings.live_queue)
+        self._rng = rng or random.Random()
+        self._scorers: dict[str, VllmScorer] = {}
+        self._cursor: dict[str, int] = {}
+        self.items_scored = 0
+        metrics.shadow_budget.set(settings.calls_per_second)
+
+    # ------------------------------------------------------------------ budget and live input
+    def _user_busy(self) -> bool:
+        return sum(r.outstanding for r in self.gateway.pool.replicas) > self.settings.yield_above
+
+    def offer(self, domain: str | None, body: ChatCompletionRequest) -> None:
+        """Maybe sample one live `auto` chat request (never blocks, never raises)."""
+        if domain is None or self.settings.live_sample_rate <= 0:
+            return
+        if self._rng.random() >= self.settings.live_sample_rate:
+            return
+        messages = [m.model_dump(exclude_none=True) for m in body.messages]
+        cap = min(body.max_completion_tokens or body.max_tokens or LIVE_MAX_TOKENS,
+                  LIVE_MAX_TOKENS)
+        try:
+            self._live.put_nowait(LiveSample(domain, messages, cap))
+        except asyncio.QueueFull:
+            self.metrics.shadow_live_dropped.inc()
+
+    # ------------------------------------------------------------------ the loop
+    async def run(self) -> None:
+        if self._items is None:
+            self._items = await asyncio.to_thread(self._suite_items)
+        logger.info("shadow evaluator: %d suite items, budget %.2f calls/s, %d at a time",
+                    len(self._items), self.settings.calls_per_second,
+                    self.settings.max_concurrency)
+        while True:
+            try:
+                if not self._live.empty():
+                    await self.evaluate_live(self._live.get_nowait())
+                    continue
+                item = self._next_item()
+                if item is None:
+                    await asyncio.sleep(1.0)  # nothing to compare: no active adapter yet
+                    continue
+                await self.evaluate_item(item)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a shadow failure must never reach user traffic
+                self.metrics.shadow_errors.inc()
+                logger.warning("shadow evaluation failed: %s: %s", type(exc).__name__, exc)
+                await asyncio.sleep(1.0)
+
+    def _suite_items(self) -> list[DomainItem]:
+        if self._load_items is None:
+            return []
+        try:
+            return list(self._load_items(self.settings.items_per_domain))
+        except Exception as exc:  # e.g. the benchmark data package is not installed
+            logger.warning("shadow evaluator has no suite items (%s): live samples only", exc)
+            return []
+
+    def _active(self, domain: str) -> AdapterEntry | None:
+        name = self.gateway.table.active.get(domain)
+        return self.gateway.registry.get(name) if name else None
+
+    def _next_item(self) -> DomainItem | None:
+        """Round-robin over domains with an active adapter, each domain's items in order."""
+        items = self._items or []
+        domains = sorted({i.domain for i in items if self._active(i.domain) is not None})
+        if not domains:
+            return None
+        domain = domains[self.items_scored % len(domains)]
+        own = [i for i in items if i.domain == domain]
+        index = self._cursor.get(domain, 0)
+        self._cursor[domain] = index + 1
+        return own[index % len(own)]
+
+    def _shadows(self, domain: str) -> list[AdapterEntry]:
+        return [e for e in self.gateway.registry
+                if e.domain == domain and e.status is AdapterStatus.SHADOW]
+
+    async def _on_replica(self, entry: AdapterEntry | None,
+                          work: Callable[[VllmScorer, str], Any]) -> Any:
+        """Run ``work(scorer, model)`` on a replica chosen like a user request's, with the
+        adapter loaded and pinned (not evictable) meanwhile."""
+        gw = self.gateway
+        name = entry.name if entry else None
+        replica = choose_replica(gw.pool.replicas, name, gw.loader.is_resident)
+        if replica is None:
+            raise RuntimeError("no replica is ready")
+        scorer = self._scorers.get(replica.url)
+        if scorer is None:
+            scorer = self._scorers[replica.url] = VllmScorer(
+                gw.client, base_url=replica.url, throttle=self._counted_slot)
+        if entry is None:
+            return await work(scorer, gw.settings.upstream.served_model_name)
+        await gw.loader.ensure_loaded(replica.url, entry)
+        gw.loader.acquire(replica.url, entry.name)
+        try:
+            return await work(scorer, entry.name)
+        finally:
+            gw.loader.release(replica.url, entry.name)
+
+    @contextlib.asynccontextmanager
+    async def _counted_slot(self) -> AsyncIterator[None]:
+        async with self.budget.slot():
+            self.metrics.shadow_calls_in_flight.set(self.budget.in_flight)
+            try:
+                yield
+            finally:
+                self.metrics.shadow_calls.inc()
+                self.metrics.shadow_calls_in_flight.set(self.budget.in_flight - 1)
+
+    async def evaluate_item(self, item: DomainItem) -> dict[str, Any] | None:
+        active = self._active(item.domain)
+        if active is None:
+            return None
+        variants: list[AdapterEntry | None] = [None, active, *self._shadows(item.domain)]
+        scores: list[ItemScore] = []
+        for entry in variants:
+            scores.append(await self._on_replica(
+                entry, lambda scorer, model: scorer.score(item, model)))
+        general, active_score, *shadow_scores = scores
+        self.evidence.add(active, active_score.score, general.score)
+        shadows = variants[2:]
+        for entry, s in zip(shadows, shadow_scores, strict=True):
+            assert entry is not None
+            self.evidence.add(entry, s.score, general.score, active_score.score)
+        self.items_scored += 1
+        self.metrics.shadow_samples.labels(item.domain, "suite").inc()
+        record = {
+            "pair_id": uuid.uuid4().hex, "time": time.time(), "source": "suite",
+            "domain": item.domain, "item_id": item.id, "metric": item.metric,
+            "variants": {s.model: {"version": e.version if e else None, "score": s.score,
+                                   "answer": s.answer, "seconds": round(s.seconds, 3)}
+                         for e, s in zip(variants, scores, strict=True)},
+        }
+        await self.store.append(record)
+        self._publish(item.domain, active, shadows)
+        await self.apply_gate()
+        if self.settings.auto_promote:
+            await self._maybe_promote(active, shadows)
+        return record
+
+    async def evaluate_live(self, sample: LiveSample) -> dict[str, Any] | None:
+        active = self._active(sample.domain)
+        if active is None:
+            return None
+        answers: dict[str, tuple[str, float]] = {}
+        for entry in (None, active):
+            async def generate(scorer: VllmScorer, model: str) -> tuple[str, str, float]:
+                started = time.perf_counter()
+                text = await scorer.chat(model, sample.messages, sample.max_tokens)
+                return model, text, time.perf_counter() - started
+
+            model, text, seconds = await self._on_replica(entry, generate)
+            answers[model] = (text, seconds)
+        texts = [text for text, _ in answers.values()]
+        self.metrics.shadow_samples.labels(sample.domain, "live").inc()
+        record = {
+            "pair_id": uuid.uuid4().hex, "time": time.time(), "source": "live",
+            "domain": sample.domain, "messages": sample.messages,
+            # No reference answer for live traffic: agreement (ROUGE-L between the two answers)
+            # flags pairs worth a look; it is not a quality score.
+            "agreement": round(await asyncio.to_thread(rouge_l, texts[1], [texts[0]]), 4),
+            "variants": {m: {"answer": t, "seconds": round(s, 3)} for m, (t, s) in answers.items()},
+        }
+        await self.store.append(record)
+        return record
+
+    # ------------------------------------------------------------------ evidence -> state
+    def report(self) -> dict[str, Any]:
+        """Per domain with an active adapter: evidence and gate state (admin API)."""
+        c = self.settings.confidence
+        domains: dict[str, Any] = {}
+        for domain, name in sorted(self.gateway.table.active.items()):
+            entry = self.gateway.registry.get(name)
+            if entry is None:
+                continue
+            special, general = self.evidence.scores(entry)
+            domains[domain] = {
+                "adapter": entry.name, "version": entry.version,
+                "gate": "closed" if domain in self.gateway.gated else "open",
+                "samples": len(special),
+                "score_adapter": _round(estimate(special, c).mean) if special else None,
+                "score_general": _round(estimate(general, c).mean) if general else None,
+                "delta": _interval(self.evidence.delta(entry, c)),
+                "shadow": {
+                    s.name: {"version": s.version,
+                             "vs_general": _interval(self.evidence.delta(s, c)),
+                             "vs_active": _interval(self.evidence.delta(s, c, against_active=True))}
+                    for s in self._shadows(domain)
+                },
+            }
+        return {"gate_enabled": self.settings.gate, "min_samples": self.settings.min_samples,
+                "confidence": c, "items_scored": self.items_scored, "domains": domains}
+
+    def _publish(self, domain: str, active: AdapterEntry,
+                 shadows: Sequence[AdapterEntry]) -> None:
+        m, c = self.metrics, self.settings.confidence
+        for entry in (active, *shadows):
+            special, general = self.evidence.scores(entry)
+            delta = self.evidence.delta(entry, c)
+            m.shadow_score.labels(domain, entry.name).set(estimate(special, c).mean)
+            m.shadow_delta.labels(domain, entry.name).set(delta.mean)
+            m.shadow_delta_low.labels(domain, entry.name).set(delta.low)
+            m.shadow_delta_high.labels(domain, entry.name).set(delta.high)
+            m.shadow_evidence.labels(domain, entry.name).set(delta.n)
+        _, general = self.evidence.scores(active)
+        m.shadow_score.labels(domain, GENERAL).set(estimate(general, c).mean)
+
+    async def apply_gate(self) -> frozenset[str]:
+        gw, c = self.gateway, self.settings.confidence
+        evidence = {}
+        for domain, name in gw.table.active.items():
+            entry = gw.registry.get(name)
+            if entry is not None:
+                evidence[domain] = self.evidence.delta(entry, c)
+        closed = gated_domains(evidence, gw.gated, self.rule) if self.settings.gate else frozenset()
+        for domain in closed - gw.gated:
+            logger.warning("quality gate closed for %s: adapter worse than general (delta %+.3f"
+                           ", %d samples)", domain, evidence[domain].mean, evidence[domain].n)
+        for domain in gw.gated - closed:
+            logger.info("quality gate open again for %s", domain)
+        gw.gated = closed
+        for domain in gw.table.domains:
+            self.metrics.quality_gate_closed.labels(domain).set(1 if domain in closed else 0)
+        return closed
+
+    async def _maybe_promote(self, active: AdapterEntry, shadows: Sequence[AdapterEntry]) -> None:
+        c, need = self.settings.confidence, self.settings.min_samples
+        for entry in shadows:
+            better = self.evidence.delta(entry, c, against_active=True)
+            vs_general = self.evidence.delta(entry, c)
+            if better.n >= need and better.above_zero and vs_general.mean >= 0:
+                logger.warning("auto-promoting %s v%d over %s v%d (delta %+.3f, %d samples)",
+                               entry.name, entry.version, active.name, active.version,
+                               better.mean, better.n)
+                await self.gateway.set_status(entry.name, AdapterStatus.ACTIVE)
+                return
+
+
+def _round(x: float) -> float:
+    return round(x, 4)
+
+
+def _interval(e: Estimate) -> dict[str, Any]:
+    finite = [x if x == x and abs(x) != float("inf") else None for x in (e.mean, e.low, e.high)]
+    return {"n": e.n, "mean": finite[0], "low": finite[1], "high": finite[2]}
