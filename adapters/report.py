@@ -52,8 +52,8 @@ def _mean(values: Any) -> float:
 
 def format_markdown(report: dict[str, Any]) -> str:
     lines = [
-        "| domain | examples trained (split items per source) | steps | final loss | held-out ppl before | after | "
-        "change | time s |",
+        "| domain | examples trained (split items per source) | steps | final loss | "
+        "held-out ppl before | after | change | time s |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in report["adapters"]:

@@ -5,21 +5,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import Executor
 
 import httpx
 from fastapi import FastAPI
 from httpx_aiohttp import AiohttpTransport
 
+from adapters.corpus import DomainItem
 from adapters.lifecycle import AdapterManager
 from adapters.registry import Registry, load_manifest
+from adapters.suite import suite_items
 from gateway.api import admin, health, openai
 from gateway.classify import ClassifierService
 from gateway.errors import install_error_handlers
 from gateway.metrics import ENDPOINT_LABELS, NONE, Metrics
 from gateway.proxy import Gateway
 from gateway.settings import Settings
+from gateway.shadow import ShadowEvaluator
 from gateway.upstream import ReplicaPool
 from router.classifier import BatchClassifier, FullStageBudget
 from router.taxonomy import load_taxonomy
@@ -46,12 +49,14 @@ def create_app(
     classifier: BatchClassifier | None = None,
     classifier_executor: Executor | None = None,
     metrics: Metrics | None = None,
+    shadow_items: Sequence[DomainItem] | None = None,
 ) -> FastAPI:
     """Build the gateway. ``transport`` lets tests put a fake upstream behind httpx.
 
     ``classifier`` serves `auto` (None: `auto` goes to the general model); with
     ``classifier_executor`` (a process pool initialised by ``router.worker.init``) batches are
-    classified in that process and only the cache lives here.
+    classified in that process and only the cache lives here. ``shadow_items``: the shadow
+    evaluator's items (default: the evaluation suite, loaded in a thread at start).
     """
     # Validate the registry now, so a bad config fails before the server binds.
     registry = build_registry(settings)
@@ -106,17 +111,24 @@ def create_app(
             )
             # A replica that comes (back) up gets the active adapters loaded again.
             pool.on_restart = gateway.on_replica_up
+            tasks = []
+            if settings.shadow.enabled:
+                gateway.shadow = ShadowEvaluator(
+                    gateway, settings.shadow, metrics, items=shadow_items,
+                    load_items=lambda n: suite_items(per_domain=n))
             app.state.gateway = gateway
             if service is not None:
                 await service.warm_up()
             await pool.check_all()
             if not pool.ready():
                 logger.warning("no upstream is ready yet: %s", ", ".join(up.base_urls()))
-            health_task = asyncio.create_task(pool.run_health_loop(), name="replica-health")
+            tasks.append(asyncio.create_task(pool.run_health_loop(), name="replica-health"))
+            if gateway.shadow is not None:
+                tasks.append(asyncio.create_task(gateway.shadow.run(), name="shadow-evaluator"))
             try:
                 yield
             finally:
-                for task in (health_task, *gateway.background_tasks()):
+                for task in (*tasks, *gateway.background_tasks()):
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await task

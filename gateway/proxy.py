@@ -11,7 +11,7 @@ import time
 import uuid
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import httpx
 from fastapi import Request
@@ -45,6 +45,9 @@ from router.policy import (
     fall_back,
 )
 
+if TYPE_CHECKING:
+    from gateway.shadow import ShadowEvaluator
+
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -67,7 +70,9 @@ class Gateway:
     loader: AdapterManager
     metrics: Metrics
     classifier: ClassifierService | None = None
+    # Domains the quality gate sends to the general model (set by the shadow evaluator).
     gated: frozenset[str] = field(default_factory=frozenset)
+    shadow: ShadowEvaluator | None = None
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     # ----------------------------------------------------------------- adapters
@@ -138,8 +143,34 @@ class Gateway:
             )
         return outcome
 
+    async def set_status(
+        self, name: str, status: AdapterStatus
+    ) -> tuple[list[str], dict[str, str]]:
+        """Promote (active) or retire an adapter. Promoting retires the domain's previous active
+        adapter; retired ones are unloaded everywhere. Returns (retired names, load outcome).
+        Raises RegistryError when the change is not allowed."""
+        registry = self.registry.with_status(name, status)
+        previous = {e.name for e in self.registry if e.status is not AdapterStatus.RETIRED}
+        self.set_registry(registry)
+        retired = [
+            e.name for e in registry if e.status is AdapterStatus.RETIRED and e.name in previous
+        ]
+        for retired_name in retired:
+            await self.unload_everywhere(retired_name)
+        replicas: dict[str, str] = {}
+        entry = registry.get(name)
+        if status is AdapterStatus.ACTIVE and entry is not None:
+            replicas = await self.load_everywhere(entry)
+        return retired, replicas
+
     def background_tasks(self) -> list[asyncio.Task[None]]:
         return list(self._tasks)
+
+    def gate_state(self, domain: str | None) -> str | None:
+        """"closed"/"open" for a domain that has an adapter the gate can act on, else None."""
+        if domain is None or domain not in self.table.active:
+            return None
+        return "closed" if domain in self.gated else "open"
 
     def where_loaded(self, name: str) -> list[str]:
         return [r.name for r in self.pool.replicas if self.loader.is_resident(r.url, name)]
@@ -208,7 +239,10 @@ class Gateway:
             return error_response(exc)
         if decision.reason in FALLBACK_REASONS:
             self.metrics.fallbacks.labels(decision.domain or NONE, decision.reason).inc()
-        headers = route_headers(decision, request_id)
+        if (self.shadow is not None and body.model == AUTO_MODEL
+                and isinstance(body, ChatCompletionRequest)):
+            self.shadow.offer(decision.domain, body)
+        headers = route_headers(decision, request_id, self.gate_state(decision.domain))
         body.model = decision.adapter or self.settings.upstream.served_model_name
         payload = body.model_dump_json(exclude_unset=True).encode()
         labels = (endpoint, decision.domain or NONE, decision.adapter or NONE)
@@ -334,14 +368,19 @@ class Gateway:
         return error
 
 
-def route_headers(decision: RouteDecision, request_id: str) -> dict[str, str]:
-    return {
+def route_headers(
+    decision: RouteDecision, request_id: str, gate: str | None = None
+) -> dict[str, str]:
+    headers = {
         "x-slm-domain": decision.domain or NONE,
         "x-slm-adapter": decision.adapter or NONE,
         "x-slm-route-reason": decision.reason.value,
         "x-slm-confidence": f"{decision.confidence:.3f}",
         "x-request-id": request_id,
     }
+    if gate is not None:
+        headers["x-slm-quality-gate"] = gate
+    return headers
 
 
 async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T:

@@ -284,16 +284,15 @@ class ShadowEvaluator:
         active = self._active(item.domain)
         if active is None:
             return None
-        variants: list[AdapterEntry | None] = [None, active, *self._shadows(item.domain)]
+        shadows = self._shadows(item.domain)
+        variants: list[AdapterEntry | None] = [None, active, *shadows]
         scores: list[ItemScore] = []
         for entry in variants:
             scores.append(await self._on_replica(
                 entry, lambda scorer, model: scorer.score(item, model)))
         general, active_score, *shadow_scores = scores
         self.evidence.add(active, active_score.score, general.score)
-        shadows = variants[2:]
         for entry, s in zip(shadows, shadow_scores, strict=True):
-            assert entry is not None
             self.evidence.add(entry, s.score, general.score, active_score.score)
         self.items_scored += 1
         self.metrics.shadow_samples.labels(item.domain, "suite").inc()

@@ -34,10 +34,13 @@ def wait_ready(url: str, timeout_s: float, process: subprocess.Popen[bytes] | No
 
 def gateway_env(port: int, upstream: str, **settings: str) -> dict[str, str]:
     """This process's environment minus any SLM_GATEWAY_* the caller has, plus a gateway on
-    ``port`` in front of ``upstream``; ``settings`` are further SLM_GATEWAY_<KEY> overrides."""
+    ``port`` in front of ``upstream``; ``settings`` are further SLM_GATEWAY_<KEY> overrides.
+    The shadow evaluator is off unless asked for (SHADOW__ENABLED="true"): benchmarks measure
+    user traffic alone, except the one that measures the shadow loop's cost."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLM_GATEWAY_")}
     env.update({"SLM_GATEWAY_PORT": str(port),
                 "SLM_GATEWAY_UPSTREAM__URLS": json.dumps([upstream]),
-                "SLM_GATEWAY_LOG_LEVEL": "warning"})
+                "SLM_GATEWAY_LOG_LEVEL": "warning",
+                "SLM_GATEWAY_SHADOW__ENABLED": "false"})
     env.update({f"SLM_GATEWAY_{key}": value for key, value in settings.items()})
     return env

@@ -138,19 +138,9 @@ async def unload_adapter(
 async def _set_status(gateway: Gateway, name: str, status: AdapterStatus) -> dict[str, Any]:
     _entry(gateway, name)
     try:
-        registry = gateway.registry.with_status(name, status)
+        retired, replicas = await gateway.set_status(name, status)
     except RegistryError as exc:
         raise ConflictError(str(exc)) from None
-    previous = {e.name for e in gateway.registry if e.status is not AdapterStatus.RETIRED}
-    gateway.set_registry(registry)
-    retired = [
-        e.name for e in registry if e.status is AdapterStatus.RETIRED and e.name in previous
-    ]
-    for retired_name in retired:
-        await gateway.unload_everywhere(retired_name)
-    replicas = {}
-    if status is AdapterStatus.ACTIVE:
-        replicas = await gateway.load_everywhere(_entry(gateway, name))
     return {
         "adapter": describe(gateway, _entry(gateway, name)),
         "retired": retired,
@@ -168,3 +158,12 @@ async def retire_adapter(name: str, gateway: GatewayDep) -> dict[str, Any]:
     return await _set_status(gateway, name, AdapterStatus.RETIRED)
 
 AdminDep = Annotated[None, Depends(require_admin)]
+
+
+@router.get("/quality")
+async def quality(gateway: GatewayDep) -> dict[str, Any]:
+    """The shadow evaluator's evidence per domain and the quality gate's state."""
+    gated = sorted(gateway.gated)
+    if gateway.shadow is None:
+        return {"shadow": False, "gated": gated, "domains": {}}
+    return {"shadow": True, "gated": gated, **gateway.shadow.report()}

@@ -86,6 +86,7 @@ def gateway(vllm: Vllm, adapter_dirs: dict[str, Path], tmp_path_factory: pytest.
     config.write_text(yaml.safe_dump({
         "port": port,
         "upstream": {"urls": [vllm.url]},
+        "shadow": {"enabled": False},  # these tests are about serving; shadow has its own
         "adapters": {
             "manifest": None,  # random adapters only: these tests are about the serving path
             "allowed_dirs": [str(CACHE)],

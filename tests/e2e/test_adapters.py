@@ -84,6 +84,7 @@ def cluster(vllm: Vllm, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cl
         "admin_token": TOKEN,
         "routing": {"classifier": False},
         "upstream": {"urls": [vllm.url, second.url], "health_interval_s": 1.0},
+        "shadow": {"enabled": False},  # its calls would blur the per-replica request counts
         "adapters": {"max_per_replica": CAPACITY,
                      "allowed_dirs": [str(PUBLISHED_DIR), str(CACHE)]},
     }))

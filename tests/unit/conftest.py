@@ -29,6 +29,8 @@ def adapter_root(tmp_path: Path) -> Path:
 def settings(adapter_root: Path) -> Settings:
     return Settings(
         upstream={"urls": ["http://vllm-a:8000"], "health_interval_s": 3600},
+        # Off here: these tests count upstream calls. The evaluator has its own tests.
+        shadow={"enabled": False},
         adapters={
             "manifest": None,
             "allowed_dirs": [adapter_root],
