@@ -15,7 +15,7 @@ TORCH_INDEX ?=
 TORCH_PIP_ARGS := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX),)
 PYTEST_ARGS ?=
 
-.PHONY: run test test-unit test-e2e lint venv bench clean
+.PHONY: run test test-unit test-e2e lint venv bench clean system-deps
 
 venv: $(STAMP)
 
@@ -37,16 +37,25 @@ $(STAMP): pyproject.toml Makefile $(CONSTRAINTS)
 	@touch $(STAMP)
 	@echo ">>> environment ready in $(VENV)"
 
+# Debian packages the tests use: a real Prometheus (tests/e2e/test_prometheus.py scrapes the
+# gateway with it and runs every dashboard and rule query). Installed only when missing.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+system-deps:
+	@command -v prometheus >/dev/null 2>&1 || { \
+	  echo ">>> installing prometheus (Debian package)"; \
+	  $(SUDO) apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends prometheus; }
+
 run: $(STAMP)
 	$(BIN)/slm-gateway run
 
-test: $(STAMP) lint
+test: $(STAMP) lint system-deps
 	$(BIN)/python -m pytest -q -ra $(PYTEST_ARGS)
 
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest -q -ra -m "not e2e" $(PYTEST_ARGS)
 
-test-e2e: $(STAMP)
+test-e2e: $(STAMP) system-deps
 	$(BIN)/python -m pytest -q -ra -m e2e $(PYTEST_ARGS)
 
 lint: $(STAMP)

@@ -4,6 +4,7 @@ adapters, and the real gateway as a separate process, both on loopback."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -28,6 +29,18 @@ LOGS = ROOT / "var" / "log"
 
 # Two random adapters: what matters here is the serving path, not their quality.
 TEST_ADAPTERS = {"legal-rand": ("legal", 1), "finance-rand": ("finance", 2)}
+
+
+def broken_adapter(name: str = "broken") -> Path:
+    """An adapter directory vLLM refuses to load: a valid config, unreadable weights."""
+    from adapters.registry import PUBLISHED_DIR
+
+    path = CACHE / "test-adapters" / name
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    shutil.copy(PUBLISHED_DIR / "news-lora" / "v1" / "adapter_config.json", path)
+    (path / "adapter_model.safetensors").write_bytes(b"not a safetensors file")
+    return path
 
 
 @dataclass(frozen=True)

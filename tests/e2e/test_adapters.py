@@ -4,7 +4,6 @@ demand, upgraded in place under load, falling back when broken, kept in sync on 
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -22,7 +21,7 @@ from adapters.registry import PUBLISHED_DIR, PUBLISHED_MANIFEST, load_manifest
 from gateway.engine import EmbeddedEngine
 from gateway.settings import EngineSettings
 from loadtests.servers import free_port, wait_ready
-from tests.e2e.conftest import CACHE, LOGS, ROOT, Vllm
+from tests.e2e.conftest import CACHE, LOGS, ROOT, Vllm, broken_adapter
 
 pytestmark = pytest.mark.e2e
 
@@ -148,11 +147,7 @@ def test_request_for_an_adapter_not_loaded_gets_it_loaded_and_answered(
 
 
 def test_broken_adapter_falls_back_to_the_general_model(client: httpx.Client) -> None:
-    broken = CACHE / "test-adapters" / "broken"
-    shutil.rmtree(broken, ignore_errors=True)
-    broken.mkdir(parents=True)
-    shutil.copy(PUBLISHED_DIR / "news-lora" / "v1" / "adapter_config.json", broken)
-    (broken / "adapter_model.safetensors").write_bytes(b"not a safetensors file")
+    broken = broken_adapter()
     registered = client.post("/admin/adapters", headers=ADMIN, json={
         "name": "news-broken", "domain": "news", "path": str(broken)})
     assert registered.status_code == 200, registered.text
