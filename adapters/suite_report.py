@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from adapters.scoring import Estimate, estimate, paired_delta
-from adapters.suite import ItemScore, reference_perplexity
+from adapters.suite import ItemScore
 
 
 def _interval(e: Estimate) -> dict[str, float]:
@@ -33,17 +33,13 @@ def summarise(
         general = by_model[(domain, base)]
         row: dict[str, Any] = {
             "n": len(general),
-            "general": {**_interval(estimate([s.score for s in general.values()])),
-                        "reference_ppl": round(reference_perplexity(general.values()), 3)},
+            "general": _interval(estimate([s.score for s in general.values()])),
             "adapter": adapters.get(domain),
         }
         special = by_model.get((domain, adapters.get(domain, "")), {})
         if special:
             ids = sorted(general.keys() & special.keys())
-            row["specialized"] = {
-                **_interval(estimate([special[i].score for i in ids])),
-                "reference_ppl": round(reference_perplexity(special[i] for i in ids), 3),
-            }
+            row["specialized"] = _interval(estimate([special[i].score for i in ids]))
             row["delta"] = _interval(
                 paired_delta([special[i].score for i in ids], [general[i].score for i in ids]))
             row["n"] = len(ids)
@@ -72,26 +68,23 @@ def _ci(e: Mapping[str, Any]) -> str:
 
 
 def format_table(summary: Mapping[str, Any]) -> str:
-    """Markdown: score per domain with 95% intervals, the paired delta, reference perplexity."""
+    """Markdown: score per domain with 95% intervals and the paired delta."""
     lines = [
-        "| domain | n | general | specialized | delta (specialized - general) | "
-        "reference ppl general -> specialized |",
-        "|---|---|---|---|---|---|",
+        "| domain | n | general | specialized | delta (specialized - general) |",
+        "|---|---|---|---|---|",
     ]
     for domain, r in summary["domains"].items():
         if "delta" not in r:
-            lines.append(f"| {domain} | {r['n']} | {_ci(r['general'])} | (no adapter) | | "
-                         f"{r['general']['reference_ppl']:.2f} |")
+            lines.append(f"| {domain} | {r['n']} | {_ci(r['general'])} | (no adapter) | |")
             continue
         lines.append(
             f"| {domain} | {r['n']} | {_ci(r['general'])} | {_ci(r['specialized'])} | "
-            f"{'+' if r['delta']['mean'] >= 0 else ''}{_ci(r['delta'])} | "
-            f"{r['general']['reference_ppl']:.2f} -> {r['specialized']['reference_ppl']:.2f} |"
+            f"{'+' if r['delta']['mean'] >= 0 else ''}{_ci(r['delta'])} |"
         )
     if summary["mean_general"] is not None:
         lines.append(f"| **mean** | {summary['items']} | {summary['mean_general']:.3f} | "
                      f"{summary['mean_specialized']:.3f} | better: {summary['adapters_better']}, "
-                     f"worse: {summary['adapters_worse']} | |")
+                     f"worse: {summary['adapters_worse']} |")
     return "\n".join(lines)
 
 

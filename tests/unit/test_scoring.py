@@ -7,9 +7,9 @@ import math
 import pytest
 
 from adapters.scoring import (
-    choose,
     estimate,
     exact_match,
+    match_option,
     paired_delta,
     rouge_l,
     score_text,
@@ -43,12 +43,13 @@ def test_score_text_refuses_a_metric_that_is_not_about_text() -> None:
         score_text("accuracy", "yes", ["Yes"])
 
 
-def test_choose_picks_the_option_with_the_best_mean_token_logprob() -> None:
-    # The long option has the lower sum but the higher mean: its length is not held against it.
-    assert choose([[-2.0], [-1.0, -1.0, -1.0]]) == 1
-    assert choose([[-0.5], [-0.5]]) == 0
-    with pytest.raises(ValueError):
-        choose([[-1.0], []])
+def test_an_answer_is_matched_to_the_option_it_names() -> None:
+    options = ["Paris", "New York City", "York"]
+    assert match_option("paris.", options) == 0  # the whole first line, normalised
+    assert match_option("It is New York City, of course", options) == 1  # longest contained
+    assert match_option("york\nNew York City", options) == 2  # only the first line counts
+    assert match_option("The big apple city", ["Paris", "New York City"]) == 1  # word overlap
+    assert match_option("No idea.", options) is None
 
 
 def test_estimate_matches_a_t_interval_computed_by_hand() -> None:

@@ -66,29 +66,31 @@ async def test_budget_waits_while_user_traffic_is_busy() -> None:
 
 
 class Judge:
-    """The fake model's knowledge: `law-v1` picks the right option only while `good` is set;
-    the general model always does."""
+    """The fake models' answers: `law-v1` picks the right option only once `good` is set; the
+    general model always does."""
 
-    good = False
+    def __init__(self, fake: FakeVllm) -> None:
+        self.fake = fake
+        self.good = False
 
-    def __call__(self, model: str, word: str) -> float:
-        right = model != "law-v1" or self.good
-        if word == "right":
-            return -0.1 if right else -3.0
-        if word == "wrong":
-            return -3.0 if right else -0.1
-        return -1.0
+    @property
+    def good(self) -> bool:
+        return self.fake.answers["law-v1"] == "right"
+
+    @good.setter
+    def good(self, value: bool) -> None:
+        self.fake.answers.update({"law-v1": "right" if value else "wrong",
+                                  "SmolLM2-135M-Instruct": "right"})
 
 
 @pytest.fixture
-def judge() -> Judge:
-    return Judge()
+def judge(fake: FakeVllm) -> Judge:
+    return Judge(fake)
 
 
 @pytest.fixture
 def shadow_client(settings: Settings, fake: FakeVllm, metrics: Metrics, judge: Judge,
                   tmp_path: Path) -> Iterator[TestClient]:
-    fake.word_logprob = judge
     settings = settings.model_copy(update={
         "admin_token": SecretStr("admin-secret"),
         "shadow": settings.shadow.model_copy(update={

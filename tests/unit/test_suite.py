@@ -1,6 +1,5 @@
 """The evaluation suite: fixed items disjoint from training, scored against a fake vLLM whose
-log-probabilities and answers are known (tokens are words, see FakeVllm), summarised into paired
-deltas."""
+answers are known, summarised into paired deltas."""
 
 from __future__ import annotations
 
@@ -21,12 +20,6 @@ MC = DomainItem(id="t/1", domain="legal", source="t", task="multiple_choice",
 SHORT = DomainItem(id="t/2", domain="legal", source="t", task="short_answer",
                    prompt="Capital of France?", choices=(), answer="Paris", metric="exact_match",
                    split=TEST, references=("Paris",))
-
-
-def word_vllm(logprob: dict[str, dict[str, float]], answers: dict[str, str]) -> FakeVllm:
-    """Every answer word's log-probability per model (-5 for words not listed)."""
-    return FakeVllm(word_logprob=lambda model, word: logprob.get(model, {}).get(word, -5.0),
-                    answers=answers, loaded={*logprob, *answers})
 
 
 def scorer(fake: FakeVllm) -> VllmScorer:
@@ -50,21 +43,23 @@ def test_a_small_suite_is_the_same_every_time_and_covers_every_source_of_a_domai
         suite_items(["astrology"])
 
 
-async def test_multiple_choice_is_scored_by_the_best_mean_logprob_of_the_option_tokens() -> None:
-    # "beta gamma" averages -1.0 under the adapter, beating "alpha" (-2.0); the base prefers alpha.
-    fake = word_vllm({"lora": {"alpha": -2.0, "beta": -1.5, "gamma": -0.5},
-                     "base": {"alpha": -0.1, "beta": -3.0, "gamma": -3.0}}, answers={})
+def fake_answering(answers: dict[str, str]) -> FakeVllm:
+    return FakeVllm(answers=answers, loaded=set(answers))
+
+
+async def test_multiple_choice_is_scored_by_the_option_the_answer_names() -> None:
+    fake = fake_answering({"lora": "Beta gamma.", "base": "I would say alpha", "bad": "no idea"})
     s = scorer(fake)
-    lora, base = await s.score(MC, "lora"), await s.score(MC, "base")
-    assert (lora.score, lora.answer) == (1.0, "beta gamma")
-    assert (base.score, base.answer) == (0.0, "alpha")
-    assert lora.reference_logprob == pytest.approx(-1.0)  # the correct option's mean
+    lora, base, bad = [await s.score(MC, m) for m in ("lora", "base", "bad")]
+    assert (lora.score, base.score, bad.score) == (1.0, 0.0, 0.0)
+    assert fake.requests[0]["max_tokens"] == 24 and fake.requests[0]["temperature"] == 0
 
 
-async def test_short_answers_are_generated_then_matched_and_their_reference_is_scored() -> None:
-    fake = word_vllm({"base": {"Paris": -0.25}}, answers={"base": "Paris.\nIt is in France."})
+async def test_short_answers_are_matched_on_their_first_line() -> None:
+    fake = fake_answering({"base": "Paris.\nIt is in France.", "other": "Lyon"})
     result = await scorer(fake).score(SHORT, "base")
-    assert (result.score, result.f1, result.reference_logprob) == (1.0, 1.0, -0.25)
+    assert (result.score, result.f1) == (1.0, 1.0)
+    assert (await scorer(fake).score(SHORT, "other")).score == 0.0
 
 
 async def test_a_server_error_is_reported_not_scored_as_a_wrong_answer() -> None:
@@ -77,7 +72,7 @@ async def test_a_server_error_is_reported_not_scored_as_a_wrong_answer() -> None
 
 
 async def test_score_all_keeps_job_order_and_reports_progress() -> None:
-    fake = word_vllm({"a": {"Paris": -1.0}, "b": {"Paris": -1.0}}, answers={"a": "Paris", "b": "x"})
+    fake = fake_answering({"a": "Paris", "b": "x"})
     seen: list[tuple[int, int]] = []
     results = await score_all(scorer(fake), [(SHORT, "a"), (SHORT, "b")], concurrency=2,
                               progress=lambda done, total: seen.append((done, total)))
@@ -87,7 +82,7 @@ async def test_score_all_keeps_job_order_and_reports_progress() -> None:
 
 def score(item: str, model: str, value: float, domain: str = "legal") -> ItemScore:
     return ItemScore(item_id=item, domain=domain, model=model, metric="accuracy", score=value,
-                     answer="", reference_logprob=-1.0)
+                     answer="")
 
 
 def test_summary_pairs_specialized_and_general_on_the_same_items() -> None:
