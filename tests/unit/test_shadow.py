@@ -14,11 +14,13 @@ from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
 from adapters.corpus import TEST, DomainItem
+from adapters.registry import AdapterEntry, AdapterStatus
 from gateway.app import create_app
 from gateway.metrics import Metrics
 from gateway.settings import Settings
 from gateway.shadow import ShadowBudget
-from tests.unit.fakes import FakeVllm
+from tests.unit.conftest import make_adapter_dir
+from tests.unit.fakes import FakeVllm, ScriptedClassifier
 
 ADMIN = {"authorization": "Bearer admin-secret"}
 
@@ -88,18 +90,24 @@ def judge(fake: FakeVllm) -> Judge:
     return Judge(fake)
 
 
-@pytest.fixture
-def shadow_client(settings: Settings, fake: FakeVllm, metrics: Metrics, judge: Judge,
-                  tmp_path: Path) -> Iterator[TestClient]:
+def shadow_app(settings: Settings, fake: FakeVllm, metrics: Metrics, store: Path,
+               **shadow: object) -> TestClient:
     settings = settings.model_copy(update={
         "admin_token": SecretStr("admin-secret"),
         "shadow": settings.shadow.model_copy(update={
             "enabled": True, "calls_per_second": 1000, "yield_above": 100, "min_samples": 6,
-            "window": 12, "store": tmp_path / "pairs.jsonl"}),
+            "window": 12, "store": store, **shadow}),
     })
     app = create_app(settings, transport=fake.transport(), metrics=metrics,
+                     classifier=ScriptedClassifier(),
                      shadow_items=[mc_item(i) for i in range(30)])
-    with TestClient(app, raise_server_exceptions=False) as client:
+    return TestClient(app, raise_server_exceptions=False)
+
+
+@pytest.fixture
+def shadow_client(settings: Settings, fake: FakeVllm, metrics: Metrics, judge: Judge,
+                  tmp_path: Path) -> Iterator[TestClient]:
+    with shadow_app(settings, fake, metrics, tmp_path / "pairs.jsonl") as client:
         yield client
 
 
@@ -146,3 +154,81 @@ def test_a_worse_adapter_is_gated_and_served_again_once_it_recovers(
     assert {p["source"] for p in pairs} == {"suite"}
     assert set(pairs[0]["variants"]) == {"SmolLM2-135M-Instruct", "law-v1"}
     assert len({p["pair_id"] for p in pairs}) == len(pairs)
+
+
+def test_a_shadow_version_that_beats_the_active_one_is_promoted_when_configured(
+    settings: Settings, fake: FakeVllm, metrics: Metrics, judge: Judge, adapter_root: Path,
+    tmp_path: Path
+) -> None:
+    v2 = AdapterEntry(name="law-v2", domain="legal", status=AdapterStatus.SHADOW,
+                      path=make_adapter_dir(adapter_root, "law2"))
+    settings = settings.model_copy(update={"adapters": settings.adapters.model_copy(
+        update={"entries": [*settings.adapters.entries, v2]})})
+    fake.answers["law-v2"] = "right"  # v1 answers wrong (judge), v2 right
+    with shadow_app(settings, fake, metrics, tmp_path / "pairs.jsonl",
+                    auto_promote=True, gate=False) as client:
+        def promoted() -> bool:
+            listing = client.get("/admin/adapters", headers=ADMIN).json()["adapters"]
+            return {a["name"]: a["status"] for a in listing}["law-v2"] == "active"
+
+        wait_for(promoted, "law-v2 to be promoted")
+        listing = client.get("/admin/adapters", headers=ADMIN).json()["adapters"]
+        assert {a["name"]: a["status"] for a in listing}["law-v1"] == "retired"
+        assert ask_legal(client)["x-slm-adapter"] == "law-v2"
+
+
+def test_without_auto_promote_a_better_shadow_version_only_shows_in_the_evidence(
+    settings: Settings, fake: FakeVllm, metrics: Metrics, judge: Judge, adapter_root: Path,
+    tmp_path: Path
+) -> None:
+    v2 = AdapterEntry(name="law-v2", domain="legal", status=AdapterStatus.SHADOW,
+                      path=make_adapter_dir(adapter_root, "law2"))
+    settings = settings.model_copy(update={"adapters": settings.adapters.model_copy(
+        update={"entries": [*settings.adapters.entries, v2]})})
+    fake.answers["law-v2"] = "right"
+    with shadow_app(settings, fake, metrics, tmp_path / "pairs.jsonl", gate=False) as client:
+        def evidence() -> dict[str, object]:
+            return quality(client)["shadow"]["law-v2"]  # type: ignore[index,no-any-return]
+
+        wait_for(lambda: (evidence()["vs_active"]["n"] or 0) >= 6, "shadow evidence")
+        assert evidence()["vs_active"]["low"] > 0  # type: ignore[index]
+        assert ask_legal(client)["x-slm-adapter"] == "law-v1"  # still the active one
+        assert quality(client)["gate"] == "open"  # gate: false never changes routing
+
+
+def test_sampled_live_requests_are_answered_by_both_variants_and_stored(
+    settings: Settings, fake: FakeVllm, metrics: Metrics, judge: Judge, tmp_path: Path
+) -> None:
+    store = tmp_path / "pairs.jsonl"
+    with shadow_app(settings, fake, metrics, store, live_sample_rate=1.0) as client:
+        response = client.post("/v1/chat/completions", json={
+            "model": "auto", "max_tokens": 500,
+            "messages": [{"role": "user", "content": "legal 0.9 can my landlord do this"}]})
+        assert response.status_code == 200
+
+        def live() -> list[dict[str, object]]:
+            if not store.exists():
+                return []
+            records = [json.loads(line) for line in store.read_text().splitlines()]
+            return [r for r in records if r["source"] == "live"]
+
+        wait_for(lambda: bool(live()), "a live pair")
+        pair = live()[0]
+        assert pair["domain"] == "legal"
+        assert set(pair["variants"]) == {"SmolLM2-135M-Instruct", "law-v1"}  # type: ignore[arg-type]
+        assert 0.0 <= pair["agreement"] <= 1.0  # type: ignore[operator]
+        sent = [r for r in fake.requests if r["messages"][0]["content"].startswith("legal 0.9")]
+        assert len(sent) == 3  # the user's request, then one per variant
+        assert all(r["max_tokens"] <= 128 for r in sent[1:])  # capped in the shadow budget
+
+
+def test_the_evaluator_loop_stays_within_its_calls_per_second(
+    settings: Settings, fake: FakeVllm, metrics: Metrics, judge: Judge, tmp_path: Path
+) -> None:
+    with shadow_app(settings, fake, metrics, tmp_path / "pairs.jsonl", calls_per_second=20):
+        started = time.monotonic()
+        time.sleep(1.0)
+        calls = metrics.shadow_calls._value.get()
+        elapsed = time.monotonic() - started
+    # Starts are spaced 1/20 s apart from the loop's first call on: at most one per 50 ms.
+    assert 0 < calls <= 20 * elapsed + 1
