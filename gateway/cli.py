@@ -323,6 +323,13 @@ def cmd_suite_run(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     wanted = {item.domain for item in items}
+    if args.slm_bench:  # SLM-Bench's own data sets from the hub where it has them (network)
+        from adapters.slm_bench import SOURCES, load_items
+
+        hub = sorted(wanted & set(SOURCES))
+        logger.info("suite: SLM-Bench hub data for %s", ", ".join(hub))
+        items = [i for i in items if i.domain not in hub] + [
+            item for domain in hub for item in load_items(domain, args.limit)]
     manifest = settings.adapters.manifest
     entries = load_manifest(manifest) if manifest is not None and manifest.is_file() else []
     adapters = {e.domain: (e.name, str(e.path)) for e in entries
@@ -534,6 +541,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--url", default=None,
                    help="an existing vLLM server (default: start one with the 4-bit base)")
     p.add_argument("--concurrency", type=int, default=4)
+    p.add_argument("--slm-bench", action="store_true",
+                   help="use SLM-Bench's data sets from the Hugging Face hub where it has them "
+                        "(needs network and `pip install .[hub]`)")
     p.add_argument("--out", type=Path, default=Path("results/suite.json"))
     p.add_argument("--plot", type=Path, default=Path("results/suite.png"))
     p.set_defaults(func=cmd_suite_run)
