@@ -205,19 +205,27 @@ class Gateway:
         entry = self.registry.get(decision.adapter)
         assert entry is not None, "routing table and registry disagree"
         try:
-            seconds = await self.loader.ensure_loaded(replica.url, entry)
+            await self.ensure_adapter(replica, entry)
         except AdapterLoadError as exc:
             logger.warning("adapter %s unavailable on %s: %s", entry.name, replica.name, exc)
-            self.metrics.adapter_loads.labels(replica.name, entry.name, "failed").inc()
             return fall_back(decision, RouteReason.ADAPTER_UNAVAILABLE), replica
+        self.loader.acquire(replica.url, entry.name)  # not evictable while this request runs
+        return decision, replica
+
+    async def ensure_adapter(self, replica: Replica, entry: AdapterEntry) -> None:
+        """Load ``entry`` on ``replica`` unless resident, counting the load; raises
+        AdapterLoadError."""
+        try:
+            seconds = await self.loader.ensure_loaded(replica.url, entry)
+        except AdapterLoadError:
+            self.metrics.adapter_loads.labels(replica.name, entry.name, "failed").inc()
+            raise
         if seconds is not None:
             self.metrics.adapter_loads.labels(replica.name, entry.name, "loaded").inc()
             self.metrics.adapter_load_duration.labels(replica.name).observe(seconds)
             self.metrics.adapters_resident.labels(replica.name).set(
                 len(self.loader.resident(replica.url))
             )
-        self.loader.acquire(replica.url, entry.name)  # not evictable while this request runs
-        return decision, replica
 
     # ----------------------------------------------------------------- serving
     async def serve(

@@ -263,7 +263,7 @@ class ShadowEvaluator:
                 gw.client, base_url=replica.url, throttle=self._counted_slot)
         if entry is None:
             return await work(scorer, gw.settings.upstream.served_model_name)
-        await gw.loader.ensure_loaded(replica.url, entry)
+        await gw.ensure_adapter(replica, entry)
         gw.loader.acquire(replica.url, entry.name)
         try:
             return await work(scorer, entry.name)
