@@ -202,6 +202,7 @@ class ShadowEvaluator:
         logger.info("shadow evaluator: %d suite items, budget %.2f calls/s, %d at a time",
                     len(self._items), self.settings.calls_per_second,
                     self.settings.max_concurrency)
+        failures = 0
         while True:
             try:
                 if not self._live.empty():
@@ -212,12 +213,18 @@ class ShadowEvaluator:
                     await asyncio.sleep(1.0)  # nothing to compare: no active adapter yet
                     continue
                 await self.evaluate_item(item)
+                failures = 0
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # a shadow failure must never reach user traffic
                 self.metrics.shadow_errors.inc()
-                logger.warning("shadow evaluation failed: %s: %s", type(exc).__name__, exc)
-                await asyncio.sleep(1.0)
+                failures += 1
+                # Back off (1 s doubling to 60 s) so a replica that is down is not hammered or
+                # logged every second.
+                delay = min(60.0, 2.0 ** (failures - 1))
+                logger.warning("shadow evaluation failed (%d in a row, next try in %.0f s): "
+                               "%s: %s", failures, delay, type(exc).__name__, exc)
+                await asyncio.sleep(delay)
 
     def _suite_items(self) -> list[DomainItem]:
         if self._load_items is None:
