@@ -18,7 +18,7 @@ import hashlib
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -36,6 +36,10 @@ MAX_ANSWER_TOKENS = {"multiple_choice": 24, "short_answer": 32, "generation": 96
 
 class SuiteError(RuntimeError):
     """The server refused or failed a scoring request."""
+
+
+class Preempted(Exception):
+    """A call was abandoned because ``preempt`` fired (the shadow evaluator yields to users)."""
 
 
 def _order_key(item: DomainItem) -> str:
@@ -96,16 +100,32 @@ class VllmScorer:
         *,
         base_url: str = "",
         throttle: Callable[[], AbstractAsyncContextManager[None]] | None = None,
+        preempt: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         """``base_url`` prefixes every path (empty: the client's own base URL); ``throttle``
-        admits each model call (the shadow evaluator's budget)."""
+        admits each model call (the shadow evaluator's budget); a call still running when
+        ``preempt()`` returns is cancelled (vLLM aborts a request whose client went away) and
+        :class:`Preempted` raised."""
         self._client = client
         self._base_url = base_url
         self._throttle = throttle or contextlib.nullcontext
+        self._preempt = preempt
 
     async def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         async with self._throttle():
-            response = await self._client.post(self._base_url + path, json=body)
+            call = asyncio.ensure_future(self._client.post(self._base_url + path, json=body))
+            if self._preempt is not None:
+                stop = asyncio.ensure_future(self._preempt())
+                try:
+                    await asyncio.wait({call, stop}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    stop.cancel()
+                if not call.done():
+                    call.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await call
+                    raise Preempted(path)
+            response = await call
         if response.status_code != 200:
             raise SuiteError(f"{path} answered {response.status_code}: {response.text[:300]}")
         result: dict[str, Any] = response.json()

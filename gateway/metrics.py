@@ -166,6 +166,11 @@ class Metrics:
             "The configured shadow budget (shadow.calls_per_second).",
             registry=r,
         )
+        self.shadow_preempted = Counter(
+            "slm_shadow_preempted",
+            "Shadow calls abandoned because user requests arrived (the item is retried later).",
+            registry=r,
+        )
         self.shadow_errors = Counter(
             "slm_shadow_errors",
             "Shadow evaluations that failed (the item is skipped).",

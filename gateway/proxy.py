@@ -267,6 +267,8 @@ class Gateway:
         )
         replica.outstanding += 1
         self.metrics.in_flight.labels(replica.name).inc()
+        if self.shadow is not None:
+            self.shadow.user_request_started()  # shadow work in flight yields to this request
         status = 500
         streaming = False
         try:

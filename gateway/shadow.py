@@ -12,7 +12,9 @@ kept in the pair store for review; it has no reference answer, so it is not scor
 move the gate.
 
 Budget: shadow calls go through :class:`ShadowBudget` (concurrency, calls per second, and a pause
-while user requests are in flight), and never count as a replica's outstanding user requests.
+while user requests are in flight), and a shadow call still running when user requests arrive is
+abandoned (vLLM aborts it; the item is scored again later). Shadow calls never count as a
+replica's outstanding user requests.
 Paired records go to a JSON-lines store with a pair id, never into metric labels.
 """
 
@@ -33,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from adapters.registry import AdapterEntry, AdapterStatus
 from adapters.scoring import Estimate, estimate, paired_delta, rouge_l
-from adapters.suite import ItemScore, VllmScorer
+from adapters.suite import ItemScore, Preempted, VllmScorer
 from gateway.metrics import NONE, Metrics
 from gateway.settings import ShadowSettings
 from gateway.upstream import choose_replica
@@ -174,6 +176,7 @@ class ShadowEvaluator:
         self._rng = rng or random.Random()
         self._scorers: dict[str, VllmScorer] = {}
         self._cursor: dict[str, int] = {}
+        self._users_arrived = asyncio.Event()
         self.items_scored = 0
         metrics.shadow_budget.set(settings.calls_per_second)
 
@@ -216,6 +219,9 @@ class ShadowEvaluator:
                 failures = 0
             except asyncio.CancelledError:
                 raise
+            except Preempted:
+                # Users came first; the item comes round again later.
+                self.metrics.shadow_preempted.inc()
             except Exception as exc:  # a shadow failure must never reach user traffic
                 self.metrics.shadow_errors.inc()
                 failures += 1
@@ -267,7 +273,8 @@ class ShadowEvaluator:
         scorer = self._scorers.get(replica.url)
         if scorer is None:
             scorer = self._scorers[replica.url] = VllmScorer(
-                gw.client, base_url=replica.url, throttle=self._counted_slot)
+                gw.client, base_url=replica.url, throttle=self._counted_slot,
+                preempt=self._until_users_need_it)
         if entry is None:
             return await work(scorer, gw.settings.upstream.served_model_name)
         await gw.ensure_adapter(replica, entry)
@@ -276,6 +283,19 @@ class ShadowEvaluator:
             return await work(scorer, entry.name)
         finally:
             gw.loader.release(replica.url, entry.name)
+
+    def user_request_started(self) -> None:
+        """Called by the gateway as a user request goes upstream."""
+        if self._user_busy():
+            self._users_arrived.set()
+
+    async def _until_users_need_it(self) -> None:
+        """Returns once user traffic exceeds the budget's threshold: the shadow call in flight
+        is then abandoned, so a user request never waits behind shadow work for long."""
+        if self._user_busy():
+            return
+        self._users_arrived.clear()
+        await self._users_arrived.wait()
 
     @contextlib.asynccontextmanager
     async def _counted_slot(self) -> AsyncIterator[None]:

@@ -3,13 +3,21 @@ answers are known, summarised into paired deltas."""
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 
 import httpx
 import pytest
 
 from adapters.corpus import TEST, TRAIN, DomainItem, domain_items
-from adapters.suite import ItemScore, SuiteError, VllmScorer, score_all, suite_items
+from adapters.suite import (
+    ItemScore,
+    Preempted,
+    SuiteError,
+    VllmScorer,
+    score_all,
+    suite_items,
+)
 from adapters.suite_report import format_table, summarise
 from tests.unit.fakes import FakeVllm
 
@@ -96,3 +104,25 @@ def test_summary_pairs_specialized_and_general_on_the_same_items() -> None:
     assert summary["adapters_better"] == 1 and "delta" not in summary["domains"]["news"]
     table = format_table(summary)
     assert "| legal | 10 | 0.500 [" in table and "(no adapter)" in table
+
+
+async def test_a_call_is_abandoned_as_soon_as_preempt_fires() -> None:
+    cancelled = asyncio.Event()
+
+    async def slow(request: httpx.Request) -> httpx.Response:
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        return httpx.Response(200, json={})
+
+    users = asyncio.Event()
+    s = VllmScorer(httpx.AsyncClient(transport=httpx.MockTransport(slow), base_url="http://v"),
+                   preempt=users.wait)
+    task = asyncio.create_task(s.score(SHORT, "base"))
+    await asyncio.sleep(0.05)
+    users.set()  # a user request arrives
+    with pytest.raises(Preempted):
+        await asyncio.wait_for(task, 2.0)
+    assert cancelled.is_set()  # the upstream call itself was cancelled, not left running
