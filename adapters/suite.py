@@ -114,18 +114,20 @@ class VllmScorer:
     async def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         async with self._throttle():
             call = asyncio.ensure_future(self._client.post(self._base_url + path, json=body))
-            if self._preempt is not None:
-                stop = asyncio.ensure_future(self._preempt())
-                try:
-                    await asyncio.wait({call, stop}, return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    stop.cancel()
-                if not call.done():
-                    call.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await call
-                    raise Preempted(path)
-            response = await call
+            # If we are cancelled ourselves (shutdown) the call must not outlive us unobserved.
+            call.add_done_callback(lambda f: f.cancelled() or f.exception())
+            try:
+                if self._preempt is not None:
+                    stop = asyncio.ensure_future(self._preempt())
+                    try:
+                        await asyncio.wait({call, stop}, return_when=asyncio.FIRST_COMPLETED)
+                    finally:
+                        stop.cancel()
+                    if not call.done():
+                        raise Preempted(path)
+                response = await call
+            finally:
+                call.cancel()  # no-op once done
         if response.status_code != 200:
             raise SuiteError(f"{path} answered {response.status_code}: {response.text[:300]}")
         result: dict[str, Any] = response.json()
