@@ -156,16 +156,20 @@ def test_a_worse_adapter_is_gated_and_served_again_once_it_recovers(
     assert len({p["pair_id"] for p in pairs}) == len(pairs)
 
 
-def test_a_shadow_version_that_beats_the_active_one_is_promoted_when_configured(
-    settings: Settings, fake: FakeVllm, metrics: Metrics, judge: Judge, adapter_root: Path,
-    tmp_path: Path
-) -> None:
+@pytest.fixture
+def with_v2(settings: Settings, fake: FakeVllm, adapter_root: Path) -> Settings:
+    """law-v2, a shadow version of the legal adapter that answers right (law-v1 does not)."""
     v2 = AdapterEntry(name="law-v2", domain="legal", status=AdapterStatus.SHADOW,
                       path=make_adapter_dir(adapter_root, "law2"))
-    settings = settings.model_copy(update={"adapters": settings.adapters.model_copy(
+    fake.answers["law-v2"] = "right"
+    return settings.model_copy(update={"adapters": settings.adapters.model_copy(
         update={"entries": [*settings.adapters.entries, v2]})})
-    fake.answers["law-v2"] = "right"  # v1 answers wrong (judge), v2 right
-    with shadow_app(settings, fake, metrics, tmp_path / "pairs.jsonl",
+
+
+def test_a_shadow_version_that_beats_the_active_one_is_promoted_when_configured(
+    with_v2: Settings, fake: FakeVllm, metrics: Metrics, judge: Judge, tmp_path: Path
+) -> None:
+    with shadow_app(with_v2, fake, metrics, tmp_path / "pairs.jsonl",
                     auto_promote=True, gate=False) as client:
         def promoted() -> bool:
             listing = client.get("/admin/adapters", headers=ADMIN).json()["adapters"]
@@ -178,15 +182,9 @@ def test_a_shadow_version_that_beats_the_active_one_is_promoted_when_configured(
 
 
 def test_without_auto_promote_a_better_shadow_version_only_shows_in_the_evidence(
-    settings: Settings, fake: FakeVllm, metrics: Metrics, judge: Judge, adapter_root: Path,
-    tmp_path: Path
+    with_v2: Settings, fake: FakeVllm, metrics: Metrics, judge: Judge, tmp_path: Path
 ) -> None:
-    v2 = AdapterEntry(name="law-v2", domain="legal", status=AdapterStatus.SHADOW,
-                      path=make_adapter_dir(adapter_root, "law2"))
-    settings = settings.model_copy(update={"adapters": settings.adapters.model_copy(
-        update={"entries": [*settings.adapters.entries, v2]})})
-    fake.answers["law-v2"] = "right"
-    with shadow_app(settings, fake, metrics, tmp_path / "pairs.jsonl", gate=False) as client:
+    with shadow_app(with_v2, fake, metrics, tmp_path / "pairs.jsonl", gate=False) as client:
         def evidence() -> dict[str, object]:
             return quality(client)["shadow"]["law-v2"]  # type: ignore[index,no-any-return]
 
