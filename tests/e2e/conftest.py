@@ -3,6 +3,7 @@ adapters, and the real gateway as a separate process, both on loopback."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -29,6 +30,30 @@ LOGS = ROOT / "var" / "log"
 
 # Two random adapters: what matters here is the serving path, not their quality.
 TEST_ADAPTERS = {"legal-rand": ("legal", 1), "finance-rand": ("finance", 2)}
+
+
+@contextlib.contextmanager
+def running_gateway(config: dict[str, object], workdir: Path, log_name: str,
+                    ready_timeout_s: float = 60) -> Iterator[str]:
+    """`slm-gateway serve` as its own process with ``config`` (a free port is added), on
+    loopback, logging to var/log/<log_name>; yields its URL and stops it afterwards."""
+    port = free_port()
+    config_file = workdir / "gateway.yaml"
+    config_file.write_text(yaml.safe_dump({"port": port, **config}))
+    LOGS.mkdir(parents=True, exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLM_GATEWAY_")}
+    with (LOGS / log_name).open("ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gateway.cli", "serve", "--config", str(config_file)],
+            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(f"{url}/readyz", ready_timeout_s, process)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
 
 
 def broken_adapter(name: str = "broken") -> Path:
@@ -94,10 +119,7 @@ def gateway(vllm: Vllm, adapter_dirs: dict[str, Path], tmp_path_factory: pytest.
     # Train (or load) the domain classifier here, with the shared cache, so the gateway process
     # only loads it: on a fresh machine training takes about two minutes.
     load_or_train(load_taxonomy(), ROOT / ".cache" / "router", progress=lambda message: None)
-    port = free_port()
-    config = tmp_path_factory.mktemp("gateway") / "gateway.yaml"
-    config.write_text(yaml.safe_dump({
-        "port": port,
+    config = {
         "upstream": {"urls": [vllm.url]},
         "shadow": {"enabled": False},  # these tests are about serving; shadow has its own
         "adapters": {
@@ -108,21 +130,9 @@ def gateway(vllm: Vllm, adapter_dirs: dict[str, Path], tmp_path_factory: pytest.
                 for name, path in adapter_dirs.items()
             ],
         },
-    }))
-    LOGS.mkdir(parents=True, exist_ok=True)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SLM_GATEWAY_")}
-    with (LOGS / "e2e-gateway.log").open("ab") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "serve", "--config", str(config)],
-            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(f"{url}/readyz", 60, process)
+    }
+    with running_gateway(config, tmp_path_factory.mktemp("gateway"), "e2e-gateway.log") as url:
         yield GatewayProcess(url=url, adapters={n: d for n, (d, _) in TEST_ADAPTERS.items()})
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
 
 
 @pytest.fixture

@@ -3,9 +3,6 @@ demand, upgraded in place under load, falling back when broken, kept in sync on 
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -13,15 +10,14 @@ from dataclasses import dataclass
 
 import httpx
 import pytest
-import yaml
 
 from adapters.base_model import BASE_NAME, prepare_base
 from adapters.init_adapter import create_random_adapter
 from adapters.registry import PUBLISHED_DIR, PUBLISHED_MANIFEST, load_manifest
 from gateway.engine import EmbeddedEngine
 from gateway.settings import EngineSettings
-from loadtests.servers import free_port, wait_ready
-from tests.e2e.conftest import CACHE, LOGS, ROOT, Vllm, broken_adapter
+from loadtests.servers import free_port
+from tests.e2e.conftest import CACHE, LOGS, Vllm, broken_adapter, running_gateway
 
 pytestmark = pytest.mark.e2e
 
@@ -76,30 +72,19 @@ def cluster(vllm: Vllm, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cl
         vllm.base_path, BASE_NAME,
     )
     second.start()
-    port = free_port()
-    config = tmp_path_factory.mktemp("cluster") / "gateway.yaml"
-    config.write_text(yaml.safe_dump({
-        "port": port,
+    config = {
         "admin_token": TOKEN,
         "routing": {"classifier": False},
         "upstream": {"urls": [vllm.url, second.url], "health_interval_s": 1.0},
         "shadow": {"enabled": False},  # its calls would blur the per-replica request counts
         "adapters": {"max_per_replica": CAPACITY,
                      "allowed_dirs": [str(PUBLISHED_DIR), str(CACHE)]},
-    }))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SLM_GATEWAY_")}
-    with (LOGS / "e2e-cluster-gateway.log").open("ab") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "serve", "--config", str(config)],
-            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
-        )
-    url = f"http://127.0.0.1:{port}"
+    }
     try:
-        wait_ready(f"{url}/readyz", 60, process)
-        yield Cluster(url=url, replicas=[vllm.url, second.url], second=second)
+        with running_gateway(config, tmp_path_factory.mktemp("cluster"),
+                             "e2e-cluster-gateway.log") as url:
+            yield Cluster(url=url, replicas=[vllm.url, second.url], second=second)
     finally:
-        process.terminate()
-        process.wait(timeout=30)
         second.stop()
 
 

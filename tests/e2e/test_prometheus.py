@@ -10,11 +10,9 @@ something to show.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 
@@ -24,7 +22,7 @@ import yaml
 
 from adapters.registry import PUBLISHED_DIR
 from loadtests.servers import free_port, wait_ready
-from tests.e2e.conftest import CACHE, LOGS, ROOT, Vllm, broken_adapter
+from tests.e2e.conftest import CACHE, LOGS, ROOT, Vllm, broken_adapter, running_gateway
 
 pytestmark = pytest.mark.e2e
 
@@ -47,10 +45,7 @@ def rules(kind: str) -> list[dict[str, str]]:
 
 @pytest.fixture(scope="module")
 def gateway_url(vllm: Vllm, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = free_port()
-    config = tmp_path_factory.mktemp("prom-gateway") / "gateway.yaml"
-    config.write_text(yaml.safe_dump({
-        "port": port,
+    config = {
         "admin_token": TOKEN,
         "upstream": {"urls": [vllm.url]},
         "adapters": {"max_per_replica": 4, "preload": False,
@@ -58,20 +53,10 @@ def gateway_url(vllm: Vllm, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         "shadow": {"calls_per_second": 20, "max_concurrency": 2, "yield_above": 100,
                    "items_per_domain": 2, "min_samples": 2,
                    "store": str(tmp_path_factory.mktemp("shadow") / "pairs.jsonl")},
-    }))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SLM_GATEWAY_")}
-    with (LOGS / "e2e-prometheus-gateway.log").open("ab") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "serve", "--config", str(config)],
-            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(f"{url}/readyz", 120, process)
+    }
+    with running_gateway(config, tmp_path_factory.mktemp("prom-gateway"),
+                         "e2e-prometheus-gateway.log", ready_timeout_s=120) as url:
         yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
 
 
 def send_traffic(url: str) -> None:
