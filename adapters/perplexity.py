@@ -26,6 +26,21 @@ class Perplexity:
         return math.exp(self.nll)
 
 
+def collate(batch: Sequence[tuple[list[int], list[int]]], pad_id: int) -> tuple[Any, Any, Any]:
+    """Right-padded (input ids, attention mask, scored-token mask) tensors of encoded texts."""
+    import torch
+
+    width = max(len(ids) for ids, _ in batch)
+    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(batch), width), dtype=torch.long)
+    scored = torch.zeros((len(batch), width), dtype=torch.bool)
+    for row, (ids, mask) in enumerate(batch):
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        attention[row, : len(ids)] = 1
+        scored[row, : len(ids)] = torch.tensor(mask, dtype=torch.bool)
+    return input_ids, attention, scored
+
+
 def encode_conversation(
     tokenizer: Any, messages: Conversation, *, max_tokens: int = 512
 ) -> tuple[list[int], list[int]]:
@@ -69,15 +84,7 @@ def score_conversations(
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     with torch.no_grad():
         for start in range(0, len(encoded), batch_size):
-            chunk = encoded[start : start + batch_size]
-            width = max(len(ids) for ids, _ in chunk)
-            input_ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-            attention = torch.zeros((len(chunk), width), dtype=torch.long)
-            scored = torch.zeros((len(chunk), width), dtype=torch.bool)
-            for row, (ids, mask) in enumerate(chunk):
-                input_ids[row, : len(ids)] = torch.tensor(ids)
-                attention[row, : len(ids)] = 1
-                scored[row, : len(ids)] = torch.tensor(mask, dtype=torch.bool)
+            input_ids, attention, scored = collate(encoded[start : start + batch_size], pad)
             logits = model(input_ids=input_ids, attention_mask=attention).logits.float()
             # Token t is predicted from position t-1.
             logprobs = torch.log_softmax(logits[:, :-1], dim=-1)

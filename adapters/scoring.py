@@ -113,6 +113,14 @@ class Estimate:
     low: float
     high: float
 
+    def as_dict(self) -> dict[str, float | int | None]:
+        """For JSON (which has no NaN or infinities: those become None), rounded to 4 places."""
+        def finite(x: float) -> float | None:
+            return round(x, 4) if math.isfinite(x) else None
+
+        return {"n": self.n, "mean": finite(self.mean), "low": finite(self.low),
+                "high": finite(self.high)}
+
     @property
     def below_zero(self) -> bool:
         return self.high < 0

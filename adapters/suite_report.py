@@ -3,21 +3,13 @@
 from __future__ import annotations
 
 import json
-import math
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from adapters.scoring import Estimate, estimate, paired_delta
+from adapters.scoring import estimate, paired_delta
 from adapters.suite import ItemScore
-
-
-def _interval(e: Estimate) -> dict[str, float]:
-    def finite(x: float) -> float | None:  # JSON has no infinities
-        return round(x, 4) if math.isfinite(x) else None
-
-    return {"mean": finite(e.mean), "low": finite(e.low), "high": finite(e.high)}  # type: ignore[dict-item]
 
 
 def summarise(
@@ -33,15 +25,15 @@ def summarise(
         general = by_model[(domain, base)]
         row: dict[str, Any] = {
             "n": len(general),
-            "general": _interval(estimate([s.score for s in general.values()])),
+            "general": estimate([s.score for s in general.values()]).as_dict(),
             "adapter": adapters.get(domain),
         }
         special = by_model.get((domain, adapters.get(domain, "")), {})
         if special:
             ids = sorted(general.keys() & special.keys())
-            row["specialized"] = _interval(estimate([special[i].score for i in ids]))
-            row["delta"] = _interval(
-                paired_delta([special[i].score for i in ids], [general[i].score for i in ids]))
+            row["specialized"] = estimate([special[i].score for i in ids]).as_dict()
+            row["delta"] = paired_delta(
+                [special[i].score for i in ids], [general[i].score for i in ids]).as_dict()
             row["n"] = len(ids)
         domains[domain] = row
     with_adapter = [r for r in domains.values() if "delta" in r]

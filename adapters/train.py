@@ -30,7 +30,7 @@ from typing import Any
 
 from adapters.base_model import PreparedBase, load_causal_lm
 from adapters.corpus import CALIB, TRAIN, DomainItem, domain_items
-from adapters.perplexity import encode_conversation, perplexity
+from adapters.perplexity import collate, encode_conversation, perplexity
 
 logger = logging.getLogger(__name__)
 
@@ -120,20 +120,6 @@ def _batches(examples: list[Encoded], config: TrainConfig) -> list[list[Encoded]
     return batches[: config.steps]
 
 
-def _collate(batch: list[Encoded], pad_id: int) -> tuple[Any, Any, Any]:
-    import torch
-
-    width = max(len(ids) for ids, _ in batch)
-    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    attention = torch.zeros((len(batch), width), dtype=torch.long)
-    scored = torch.zeros((len(batch), width), dtype=torch.bool)
-    for row, (ids, mask) in enumerate(batch):
-        input_ids[row, : len(ids)] = torch.tensor(ids)
-        attention[row, : len(ids)] = 1
-        scored[row, : len(ids)] = torch.tensor(mask, dtype=torch.bool)
-    return input_ids, attention, scored
-
-
 def train_adapter(
     base: PreparedBase,
     domain: str,
@@ -194,7 +180,7 @@ def train_adapter(
     train_started = time.monotonic()
     peft_model.train()
     for step, batch in enumerate(_batches(examples, config), 1):
-        input_ids, attention, scored = _collate(batch, pad_id)
+        input_ids, attention, scored = collate(batch, pad_id)
         hidden = decoder(input_ids=input_ids, attention_mask=attention).last_hidden_state
         keep = scored[:, 1:]  # position t predicts token t+1
         logits = head(hidden[:, :-1][keep]).float()

@@ -377,13 +377,13 @@ class ShadowEvaluator:
                 "adapter": entry.name, "version": entry.version,
                 "gate": "closed" if domain in self.gateway.gated else "open",
                 "samples": len(special),
-                "score_adapter": _round(estimate(special, c).mean) if special else None,
-                "score_general": _round(estimate(general, c).mean) if general else None,
-                "delta": _interval(self.evidence.delta(entry, c)),
+                "score_adapter": estimate(special, c).as_dict()["mean"],
+                "score_general": estimate(general, c).as_dict()["mean"],
+                "delta": self.evidence.delta(entry, c).as_dict(),
                 "shadow": {
                     s.name: {"version": s.version,
-                             "vs_general": _interval(self.evidence.delta(s, c)),
-                             "vs_active": _interval(self.evidence.delta(s, c, against_active=True))}
+                             "vs_general": self.evidence.delta(s, c).as_dict(),
+                             "vs_active": self.evidence.delta(s, c, against_active=True).as_dict()}
                     for s in self._shadows(domain)
                 },
             }
@@ -433,12 +433,3 @@ class ShadowEvaluator:
                                better.mean, better.n)
                 await self.gateway.set_status(entry.name, AdapterStatus.ACTIVE)
                 return
-
-
-def _round(x: float) -> float:
-    return round(x, 4)
-
-
-def _interval(e: Estimate) -> dict[str, Any]:
-    finite = [x if x == x and abs(x) != float("inf") else None for x in (e.mean, e.low, e.high)]
-    return {"n": e.n, "mean": finite[0], "low": finite[1], "high": finite[2]}
