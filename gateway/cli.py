@@ -44,10 +44,14 @@ def _setup_logging(level: str) -> None:
 
 def _banner(settings: Settings) -> str:
     url = f"http://{settings.host}:{settings.port}"
-    return (
+    auth = ("  -H 'authorization: Bearer <your key>'"
+            if settings.api_keys or settings.api_key_hashes else "")
+    warning = ("" if auth else "WARNING: no API keys configured (SLM_GATEWAY_API_KEYS): the API "
+               "is open to anyone who can reach it.\n")
+    return warning + (
         f"\nslm-gateway is listening on {url}  (OpenAI base URL: {url}/v1)\n"
         "Try:\n"
-        f"  curl -s {url}/v1/chat/completions -H 'content-type: application/json' \\\n"
+        f"  curl -s {url}/v1/chat/completions -H 'content-type: application/json'{auth} \\\n"
         "    -d '{\"model\": \"auto\", \"messages\": [{\"role\": \"user\", "
         "\"content\": \"What is the capital of France?\"}], \"max_tokens\": 32}'\n"
         f"Models: curl -s {url}/v1/models   Metrics: {url}/metrics   Stop: Ctrl-C\n"
@@ -97,7 +101,8 @@ def _serve(settings: Settings) -> None:
         port=settings.port,
         log_level=settings.log_level.lower(),
         access_log=settings.access_log,
-        timeout_graceful_shutdown=30,
+        # SIGTERM: stop accepting, let requests and streams in flight finish within this.
+        timeout_graceful_shutdown=int(settings.shutdown_grace_s),
     )
     try:
         _Server(config).run()
@@ -125,6 +130,18 @@ def _build_classifier(settings: Settings, *, force: bool = False) -> DomainClass
     )
     classifier.cache_size = settings.routing.cache_size
     return classifier
+
+
+def cmd_hash_key(args: argparse.Namespace) -> int:
+    from gateway.limits import hash_key
+
+    key = sys.stdin.readline().strip()
+    if not key:
+        print("error: give the key on stdin, e.g. `slm-gateway hash-key < keyfile`",
+              file=sys.stderr)
+        return 2
+    print(hash_key(key))
+    return 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -440,6 +457,10 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_)
         p.add_argument("--config", type=Path, default=None, help="YAML settings file")
         p.set_defaults(func=func)
+
+    p = sub.add_parser("hash-key", help="print the SHA-256 of an API key read from stdin, for "
+                       "api_key_hashes (the config then holds no key)")
+    p.set_defaults(func=cmd_hash_key)
 
     p = sub.add_parser("prepare-base", help="convert the shipped GGUF into a vLLM checkpoint")
     p.add_argument("--cache-dir", type=Path, default=Path(".cache/models"))

@@ -3,6 +3,11 @@
     GatewayError                    {"error": {"message", "type", "param", "code"}}
     ├── InvalidRequestError         400  bad input (validation, malformed JSON, upstream 400)
     ├── ModelNotFoundError          404  `model` is not auto, base, a domain or an adapter
+    ├── AuthenticationError         401  no or wrong API key / admin token
+    ├── PermissionDeniedError       403  a user key on the admin API; admin API disabled
+    ├── PayloadTooLargeError        413  body over limits.max_body_bytes
+    ├── RateLimitError              429  the key's request or token budget is spent (Retry-After)
+    ├── OverloadedError             503  too many requests in flight and queued (Retry-After)
     ├── UpstreamError               502  the upstream answered with an error or garbage
     ├── UpstreamUnavailableError    503  no upstream ready / connection refused
     └── UpstreamTimeoutError        504  the upstream did not answer in time
@@ -15,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -31,12 +37,17 @@ class GatewayError(Exception):
     type = "internal_error"
     code: str | None = None
 
-    def __init__(self, message: str, *, param: str | None = None, code: str | None = None):
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None,
+                 headers: dict[str, str] | None = None, retryable: bool = False):
         super().__init__(message)
+        # Failed before the first byte reached the client in a way another upstream replica
+        # may not share: the gateway may send the request there instead.
+        self.retryable = retryable
         self.message = message
         self.param = param
         if code is not None:
             self.code = code
+        self.headers = headers or {}
 
     def body(self) -> dict[str, Any]:
         return error_body(self.message, self.type, param=self.param, code=self.code)
@@ -62,6 +73,31 @@ class AuthenticationError(GatewayError):
 class PermissionDeniedError(GatewayError):
     status_code = 403
     type = "permission_error"
+
+
+class PayloadTooLargeError(GatewayError):
+    status_code = 413
+    type = "invalid_request_error"
+    code = "request_too_large"
+
+
+class RateLimitError(GatewayError):
+    status_code = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+
+class OverloadedError(GatewayError):
+    """The gateway itself is at capacity (not an upstream fault): try again shortly."""
+
+    status_code = 503
+    type = "service_unavailable"
+    code = "overloaded"
+
+
+def retry_after(seconds: float) -> dict[str, str]:
+    """A Retry-After header: whole seconds, at least 1 (HTTP has no fractions)."""
+    return {"retry-after": str(max(1, math.ceil(seconds)))}
 
 
 class NotFoundError(GatewayError):
@@ -100,7 +136,8 @@ def error_body(
 
 
 def error_response(exc: GatewayError, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse(exc.body(), status_code=exc.status_code, headers=headers)
+    return JSONResponse(exc.body(), status_code=exc.status_code,
+                        headers={**(headers or {}), **exc.headers})
 
 
 def sse_error_frame(exc: GatewayError) -> bytes:
@@ -176,8 +213,9 @@ def install_error_handlers(
     async def on_http_error(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
         type_ = "invalid_request_error" if exc.status_code < 500 else "internal_error"
+        code = PayloadTooLargeError.code if exc.status_code == 413 else None
         return JSONResponse(
-            error_body(str(exc.detail), type_),
+            error_body(str(exc.detail), type_, code=code),
             status_code=exc.status_code,
             headers=getattr(exc, "headers", None),
         )

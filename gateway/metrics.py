@@ -67,6 +67,36 @@ class Metrics:
             ["replica"],
             registry=r,
         )
+        self.retries = Counter(
+            "slm_upstream_retries",
+            "Requests sent again to another replica after this one failed before the first "
+            "byte (failover).",
+            ["replica"],
+            registry=r,
+        )
+        self.breaker_state = Gauge(
+            "slm_replica_breaker_state",
+            "The replica's circuit breaker: 0 closed, 1 half-open (one trial), 2 open.",
+            ["replica"],
+            registry=r,
+        )
+        self.rejected = Counter(
+            "slm_requests_rejected",
+            "Requests refused before any upstream work, by reason (unauthorized, rate_limited, "
+            "overloaded, too_large).",
+            ["reason"],
+            registry=r,
+        )
+        self.admission_in_flight = Gauge(
+            "slm_admission_in_flight",
+            "Requests holding one of the gateway's limits.max_in_flight slots.",
+            registry=r,
+        )
+        self.admission_queued = Gauge(
+            "slm_admission_queued",
+            "Requests waiting for a slot (at most limits.max_queue).",
+            registry=r,
+        )
         self.replica_up = Gauge(
             "slm_replica_up",
             "1 when the replica's health check passes, else 0.",

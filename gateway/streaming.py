@@ -7,6 +7,8 @@ SSE error frame, so the client sees a clean error instead of a hang or a truncat
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 
@@ -15,7 +17,7 @@ import httpx
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from gateway.errors import UpstreamError, sse_error_frame
+from gateway.errors import UpstreamError, UpstreamTimeoutError, sse_error_frame
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +40,12 @@ class RelayResponse(StreamingResponse):
         on_first_chunk: Callable[[], None],
         on_stream_error: Callable[[str], None],
         on_close: Callable[[], None],
+        first_chunk_deadline: float | None = None,
+        deadline: float | None = None,
     ) -> None:
+        # Event-loop times: the first chunk must arrive by the first, the last by the second.
+        self._first_deadline = first_chunk_deadline
+        self._deadline = deadline
         self._upstream = upstream
         self._on_close = on_close
         self._closed = False
@@ -52,12 +59,25 @@ class RelayResponse(StreamingResponse):
         self, on_first_chunk: Callable[[], None], on_stream_error: Callable[[str], None]
     ) -> AsyncIterator[bytes]:
         first = True
+        chunks = self._upstream.aiter_raw()
         try:
-            async for chunk in self._upstream.aiter_raw():
+            while True:
+                try:
+                    async with asyncio.timeout_at(self._first_deadline if first
+                                                  else self._deadline):
+                        chunk = await anext(chunks)
+                except StopAsyncIteration:
+                    break
                 if first:
                     first = False
                     on_first_chunk()
                 yield chunk
+        except TimeoutError:
+            on_stream_error("deadline")
+            what = "the first token" if first else "the whole answer"
+            yield sse_error_frame(
+                UpstreamTimeoutError(f"The upstream model server did not send {what} in time.")
+            )
         except httpx.TimeoutException:
             on_stream_error("stream_timeout")
             yield sse_error_frame(UpstreamError("The upstream stopped sending for too long."))
@@ -66,6 +86,8 @@ class RelayResponse(StreamingResponse):
             on_stream_error("stream")
             yield sse_error_frame(UpstreamError("The upstream stream was interrupted."))
         finally:
+            with contextlib.suppress(Exception):
+                await chunks.aclose()  # type: ignore[attr-defined]
             await self._close()
 
     async def _close(self) -> None:

@@ -7,9 +7,11 @@ background health loop that feeds it.
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass, field
 
 import httpx
 
@@ -22,24 +24,77 @@ logger = logging.getLogger(__name__)
 COLD_LOAD_PENALTY = 2
 
 
+class BreakerState(enum.IntEnum):  # values are the metric's
+    CLOSED = 0
+    HALF_OPEN = 1
+    OPEN = 2
+
+
+@dataclass
+class CircuitBreaker:
+    """Per replica: ``threshold`` consecutive failed requests open it (no traffic); after
+    ``cooldown_s`` it lets one trial request through (half-open), whose outcome closes or
+    reopens it. The clock is passed in."""
+
+    threshold: int = 5
+    cooldown_s: float = 10.0
+    state: BreakerState = BreakerState.CLOSED
+    failures: int = 0
+    opened_at: float = 0.0
+    trial_in_flight: bool = False
+
+    def allows(self, now: float) -> bool:
+        if self.state is BreakerState.OPEN and now - self.opened_at >= self.cooldown_s:
+            self.state = BreakerState.HALF_OPEN
+            self.trial_in_flight = False
+        if self.state is BreakerState.HALF_OPEN:
+            return not self.trial_in_flight
+        return self.state is BreakerState.CLOSED
+
+    def blocking(self, now: float) -> bool:
+        """Open and still cooling down."""
+        return self.state is BreakerState.OPEN and now - self.opened_at < self.cooldown_s
+
+    def dispatched(self) -> None:
+        if self.state is BreakerState.HALF_OPEN:
+            self.trial_in_flight = True
+
+    def succeeded(self) -> None:
+        self.state = BreakerState.CLOSED
+        self.failures = 0
+        self.trial_in_flight = False
+
+    def failed(self, now: float) -> None:
+        self.failures += 1
+        if self.state is BreakerState.HALF_OPEN or self.failures >= self.threshold:
+            self.state = BreakerState.OPEN
+            self.opened_at = now
+            self.trial_in_flight = False
+
+
 @dataclass
 class Replica:
     name: str  # bounded metric label: r0, r1, ...
     url: str
     healthy: bool = False
     outstanding: int = 0
+    breaker: CircuitBreaker = field(default_factory=CircuitBreaker)
 
 
 def choose_replica(
     replicas: Sequence[Replica],
     adapter: str | None,
     is_resident: Callable[[str, str], bool],
+    *,
+    now: float = 0.0,
+    exclude: Collection[str] = (),
 ) -> Replica | None:
-    """Least-loaded healthy replica, preferring those where ``adapter`` is already resident."""
+    """Least-loaded healthy replica whose breaker lets traffic through, preferring those where
+    ``adapter`` is already resident; replicas in ``exclude`` (URLs: failed this request) never."""
     best: Replica | None = None
     best_score = 0
     for replica in replicas:
-        if not replica.healthy:
+        if not replica.healthy or replica.url in exclude or not replica.breaker.allows(now):
             continue
         score = replica.outstanding
         if adapter is not None and not is_resident(replica.url, adapter):
@@ -58,15 +113,23 @@ class ReplicaPool:
         *,
         on_restart: Callable[[str], None] = lambda url: None,
         health_interval_s: float = 2.0,
+        breaker_failures: int = 5,
+        breaker_cooldown_s: float = 10.0,
     ) -> None:
-        self.replicas = [Replica(name=f"r{i}", url=url) for i, url in enumerate(urls)]
+        self.replicas = [
+            Replica(name=f"r{i}", url=url,
+                    breaker=CircuitBreaker(breaker_failures, breaker_cooldown_s))
+            for i, url in enumerate(urls)
+        ]
         self._client = client
         self._metrics = metrics
         self.on_restart = on_restart
         self._interval = health_interval_s
 
     def ready(self) -> bool:
-        return any(r.healthy for r in self.replicas)
+        """Some replica can take requests (healthy, breaker not open or due for a trial)."""
+        now = time.monotonic()
+        return any(r.healthy and not r.breaker.blocking(now) for r in self.replicas)
 
     async def check(self, replica: Replica) -> None:
         try:

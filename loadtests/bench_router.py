@@ -35,8 +35,8 @@ from pathlib import Path
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
-from loadtests.bench_overhead import _process, percentile
-from loadtests.servers import free_port, gateway_env
+from loadtests.bench_overhead import percentile
+from loadtests.servers import free_port, gateway_env, process
 from router.data import REALISTIC, authored_examples
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -200,7 +200,7 @@ def main() -> None:
     fake = [sys.executable, "-m", "loadtests.fake_upstream", "--port", str(upstream_port),
             "--delay-ms", str(args.delay_ms)]
     serve = [sys.executable, "-m", "gateway.cli", "serve"]
-    with _process(fake, f"{upstream}/health"), _process(serve, f"{gateway}/readyz", env,
+    with process(fake, f"{upstream}/health"), process(serve, f"{gateway}/readyz", env,
                                                         timeout=300):
         summary = asyncio.run(measure(gateway, texts, args.requests, args.concurrency,
                                       args.rounds))

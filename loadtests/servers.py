@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def free_port() -> int:
@@ -44,3 +50,85 @@ def gateway_env(port: int, upstream: str, **settings: str) -> dict[str, str]:
                 "SLM_GATEWAY_SHADOW__ENABLED": "false"})
     env.update({f"SLM_GATEWAY_{key}": value for key, value in settings.items()})
     return env
+
+
+@contextmanager
+def process(args: list[str], ready_url: str, env: dict[str, str] | None = None,
+            timeout: float = 30, log: Path | None = None) -> Iterator[None]:
+    """Run ``args`` (from the repository root) until the block ends; ready once ``ready_url``
+    answers 200. Output goes to ``log`` (default: discarded)."""
+    out = open(log, "wb") if log is not None else subprocess.DEVNULL
+    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_ready(ready_url, timeout, proc)
+        yield
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if log is not None:
+            out.close()  # type: ignore[union-attr]
+
+
+# --------------------------------------------------------------- other proxies, for comparison
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+LITELLM = ROOT / ".venv-litellm" / "bin" / "litellm"
+
+
+def nginx_command(port: int, upstream_port: int, workdir: Path) -> list[str]:
+    """A plain nginx reverse proxy to ``upstream_port`` (one worker, pooled upstream
+    connections, no buffering so streams pass through as they come): the practical floor."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    conf = workdir / "nginx.conf"
+    conf.write_text(f"""
+daemon off;
+worker_processes 1;
+pid {workdir}/nginx.pid;
+error_log {workdir}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {workdir}/body;
+    proxy_temp_path {workdir}/proxy;
+    fastcgi_temp_path {workdir}/fastcgi;
+    uwsgi_temp_path {workdir}/uwsgi;
+    scgi_temp_path {workdir}/scgi;
+    upstream fake {{ server 127.0.0.1:{upstream_port}; keepalive 256; }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://fake;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+        }}
+    }}
+}}
+""")
+    return [NGINX, "-c", str(conf), "-p", str(workdir)]
+
+
+def litellm_command(port: int, upstream: str, model: str, workdir: Path) -> tuple[list[str],
+                                                                                   dict[str, str]]:
+    """LiteLLM's proxy (its own venv, `make bench-deps`) with one model, ``base``, served by
+    ``upstream`` as an OpenAI-compatible endpoint; one worker, like the gateway and nginx."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    conf = workdir / "litellm.yaml"
+    conf.write_text(
+        "model_list:\n"
+        "  - model_name: base\n"
+        "    litellm_params:\n"
+        f"      model: openai/{model}\n"
+        f"      api_base: {upstream}/v1\n"
+        "      api_key: none\n"
+        "litellm_settings:\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LITELLM")}
+    # No network here: use the packaged model-cost map instead of fetching it.
+    env.update({"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR"})
+    args = [str(LITELLM), "--config", str(conf), "--host", "127.0.0.1", "--port", str(port),
+            "--num_workers", "1", "--telemetry", "False"]
+    return args, env

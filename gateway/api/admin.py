@@ -8,7 +8,6 @@ writes it) or the config.
 
 from __future__ import annotations
 
-import hmac
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -23,20 +22,25 @@ from gateway.errors import (
     NotFoundError,
     PermissionDeniedError,
 )
+from gateway.limits import token_matches
 from gateway.proxy import Gateway
 
 
 async def require_admin(request: Request) -> None:
-    token = request.app.state.gateway.settings.admin_token
+    gateway: Gateway = request.app.state.gateway
+    token = gateway.settings.admin_token
     if token is None:
         raise PermissionDeniedError(
             "The admin API is disabled: set SLM_GATEWAY_ADMIN_TOKEN to enable it."
         )
-    scheme, _, given = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(
-        given.encode(), token.get_secret_value().encode()
-    ):
-        raise AuthenticationError("A valid admin token is required (Authorization: Bearer ...).")
+    authorization = request.headers.get("authorization", "")
+    scheme, _, given = authorization.partition(" ")
+    if scheme.lower() == "bearer" and token_matches(given, token.get_secret_value()):
+        return
+    if not gateway.keys.open and gateway.keys.identify(authorization) is not None:
+        raise PermissionDeniedError("This API key may not use the admin API; use the admin "
+                                    "token.", code="admin_token_required")
+    raise AuthenticationError("A valid admin token is required (Authorization: Bearer ...).")
 
 router = APIRouter(prefix="/admin", dependencies=[Depends(require_admin)])
 
