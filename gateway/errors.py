@@ -27,7 +27,9 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 logger = logging.getLogger(__name__)
 
@@ -129,6 +131,25 @@ class UpstreamTimeoutError(GatewayError):
     type = "timeout"
 
 
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | int | None = None
+
+
+class ErrorBody(BaseModel):
+    """For the OpenAPI schema: every error the gateway sends has this shape."""
+
+    error: ErrorDetail
+
+
+# Every route's documented error answer (any status: 400, 401, 403, 404, 413, 429, 5xx).
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    "default": {"model": ErrorBody, "description": "An error, in OpenAI's format."}
+}
+
+
 def error_body(
     message: str, type_: str, *, param: str | None = None, code: str | int | None = None
 ) -> dict[str, Any]:
@@ -196,6 +217,15 @@ def _upstream_message(content: bytes) -> str:
     return "no message"
 
 
+def _allowed_methods(request: Request) -> list[str]:
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches(request.scope)
+        if match is not Match.NONE:
+            methods |= getattr(route, "methods", None) or set()
+    return sorted(methods)
+
+
 def install_error_handlers(
     app: FastAPI, *, on_invalid: Callable[[str], None] = lambda path: None
 ) -> None:
@@ -210,14 +240,19 @@ def install_error_handlers(
         on_invalid(request.url.path)
         return error_response(validation_error(exc))
 
-    async def on_http_error(_: Request, exc: Exception) -> JSONResponse:
+    async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
         type_ = "invalid_request_error" if exc.status_code < 500 else "internal_error"
         code = PayloadTooLargeError.code if exc.status_code == 413 else None
+        headers = dict(getattr(exc, "headers", None) or {})
+        if exc.status_code == 405:
+            # Starlette names only the first route's methods; a path served by two routes
+            # (GET and POST /admin/adapters) must list both.
+            headers["allow"] = ", ".join(_allowed_methods(request))
         return JSONResponse(
             error_body(str(exc.detail), type_, code=code),
             status_code=exc.status_code,
-            headers=getattr(exc, "headers", None),
+            headers=headers,
         )
 
     async def on_unexpected(_: Request, exc: Exception) -> JSONResponse:

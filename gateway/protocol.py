@@ -9,12 +9,25 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from annotated_types import Ge, Le
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
 from gateway.errors import InvalidRequestError
 from gateway.settings import LimitSettings
 
 NonEmptyStr = Annotated[StrictStr, Field(min_length=1, max_length=256)]
+
+
+def _whole_number(value: Any) -> Any:
+    # JSON Schema's "integer" (what the OpenAPI schema promises) includes 5.0; strings and
+    # booleans stay refused.
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+WholeInt = Annotated[StrictInt, BeforeValidator(_whole_number)]
+PositiveInt = Annotated[StrictInt, Ge(1), BeforeValidator(_whole_number)]
 
 
 class StreamOptions(BaseModel):
@@ -34,17 +47,17 @@ class _Sampling(BaseModel):
     model: NonEmptyStr
     stream: StrictBool = False
     stream_options: StreamOptions | None = None
-    max_tokens: Annotated[StrictInt, Field(ge=1)] | None = None
+    max_tokens: PositiveInt | None = None
     temperature: Annotated[float, Field(ge=0.0, le=2.0)] | None = None
     top_p: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
-    n: Annotated[StrictInt, Field(ge=1, le=16)] | None = None
+    n: Annotated[StrictInt, Ge(1), Le(16), BeforeValidator(_whole_number)] | None = None
     stop: StrictStr | list[StrictStr] | None = None
-    seed: StrictInt | None = None
+    seed: WholeInt | None = None
 
 
 class ChatCompletionRequest(_Sampling):
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
-    max_completion_tokens: Annotated[StrictInt, Field(ge=1)] | None = None
+    max_completion_tokens: PositiveInt | None = None
 
     def routing_text(self) -> str:
         """The text a classifier looks at: the last user turn (plain text parts only)."""

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from adapters.registry import ADAPTER_NAME_PATTERN, AdapterEntry, AdapterStatus, RegistryError
 from gateway.api.openai import GatewayDep
 from gateway.errors import (
+    ERROR_RESPONSES,
     AuthenticationError,
     ConflictError,
     NotFoundError,
@@ -42,7 +43,8 @@ async def require_admin(request: Request) -> None:
                                     "token.", code="admin_token_required")
     raise AuthenticationError("A valid admin token is required (Authorization: Bearer ...).")
 
-router = APIRouter(prefix="/admin", dependencies=[Depends(require_admin)])
+router = APIRouter(prefix="/admin", dependencies=[Depends(require_admin)],
+                   responses=ERROR_RESPONSES)
 
 class RegisterAdapter(BaseModel):
     model_config = ConfigDict(extra="forbid")

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
+from gateway.errors import ERROR_RESPONSES
 from gateway.protocol import ChatCompletionRequest, CompletionRequest
 from gateway.proxy import Gateway
 from router.policy import AUTO_MODEL, BASE_MODEL
@@ -21,17 +22,23 @@ async def get_gateway(request: Request) -> Gateway:
 
 GatewayDep = Annotated[Gateway, Depends(get_gateway)]
 
-router = APIRouter()
+router = APIRouter(responses=ERROR_RESPONSES)
+
+# Answers are relayed from vLLM as they are: JSON, or an SSE stream when `stream` is true.
+COMPLETION_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "The completion (JSON) or its stream (server-sent events).",
+          "content": {"application/json": {}, "text/event-stream": {}}}
+}
 
 
-@router.post("/v1/chat/completions")
+@router.post("/v1/chat/completions", responses=COMPLETION_RESPONSES)
 async def chat_completions(
     request: Request, body: ChatCompletionRequest, gateway: GatewayDep
 ) -> Response:
     return await gateway.serve(request, body, path="/v1/chat/completions")
 
 
-@router.post("/v1/completions")
+@router.post("/v1/completions", responses=COMPLETION_RESPONSES)
 async def completions(request: Request, body: CompletionRequest, gateway: GatewayDep) -> Response:
     return await gateway.serve(request, body, path="/v1/completions")
 
