@@ -67,6 +67,12 @@ class Metrics:
             ["replica"],
             registry=r,
         )
+        self.replica_requests = Counter(
+            "slm_replica_requests",
+            "Requests finished by each replica (any status): how traffic is balanced.",
+            ["replica"],
+            registry=r,
+        )
         self.retries = Counter(
             "slm_upstream_retries",
             "Requests sent again to another replica after this one failed before the first "

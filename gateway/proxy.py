@@ -503,6 +503,7 @@ class Gateway:
             endpoint, domain, adapter, reason, status_class(status)
         ).inc()
         if replica is not None:
+            self.metrics.replica_requests.labels(replica.name).inc()
             self.metrics.request_duration.labels(*labels).observe(time.perf_counter() - started)
 
     async def _send(
