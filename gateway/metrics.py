@@ -25,6 +25,9 @@ def status_class(status_code: int) -> str:
     return f"{status_code // 100}xx"
 
 
+REJECT_REASONS = ("unauthorized", "rate_limited", "overloaded", "too_large")
+
+
 class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
@@ -93,6 +96,8 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        for reason in REJECT_REASONS:  # exported at 0 from the start: alerts watch them
+            self.rejected.labels(reason)
         self.admission_in_flight = Gauge(
             "slm_admission_in_flight",
             "Requests holding one of the gateway's limits.max_in_flight slots.",

@@ -51,6 +51,8 @@ def overhead_section(data: dict[str, Any] | None) -> list[str]:
         "",
         _provenance(data, "bench_overhead"),
         "",
+        "![throughput and added latency per proxy](results/bench_overhead.png)",
+        "",
     ]
     for name, why in data.get("skipped", {}).items():
         lines.append(f"- **{name} skipped:** {why}")
@@ -78,6 +80,41 @@ def overhead_section(data: dict[str, Any] | None) -> list[str]:
             verdict = "met" if outcome["met"] else "**NOT met**"
             lines.append(f"\nTarget `{check}` ({outcome['target']}): {shown} — {verdict}.")
     return [*lines, ""]
+
+
+def plot_overhead(data: dict[str, Any], out: Path) -> None:
+    """Throughput and added latency per proxy, loaded and one-client runs, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    modes = [m for m in MODES if m in data]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    width = 0.8 / max(1, len(modes))
+    for i, mode in enumerate(modes):
+        result = data[mode]
+        label = f"{mode.replace('_', ' ')}"
+        names = list(result["targets"])
+        proxies = [n for n in names if n != "direct"]
+        xs = range(len(names))
+        axes[0].bar([x + i * width for x in xs],
+                    [result["targets"][n]["throughput_rps"] for n in names], width, label=label)
+        axes[0].set_xticks([x + width for x in xs], names)
+        for ax, q in ((axes[1], "p50_ms"), (axes[2], "p99_ms")):
+            ax.bar([x + i * width for x in range(len(proxies))],
+                   [max(result["added"][n][q], 0.01) for n in proxies], width, label=label)
+            ax.set_xticks([x + width for x in range(len(proxies))], proxies)
+    axes[0].set_title("throughput (req/s)")
+    axes[1].set_title("added p50 latency (ms, log; <= 0 drawn at 0.01)")
+    axes[2].set_title("added p99 latency (ms, log; <= 0 drawn at 0.01)")
+    for ax in axes[1:]:
+        ax.set_yscale("log")
+    axes[0].legend(fontsize=7)
+    fig.suptitle("Proxy overhead over a fake upstream (results/bench_overhead.json)")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
 
 
 def router_section(data: dict[str, Any] | None) -> list[str]:
@@ -150,6 +187,33 @@ def shadow_section(data: dict[str, Any] | None) -> list[str]:
     return lines
 
 
+def fault_section(results: Path) -> list[str]:
+    lines = ["## Replica failure under load", ""]
+    runs = [data for data in (_load(results, "fault_run"), _load(results, "fault_run_vllm"))
+            if data is not None]
+    if not runs:
+        return lines + _missing("fault_run", "python -m loadtests.fault_run")
+    lines += [
+        "One of two replicas SIGKILLed during a closed-loop non-streaming load and restarted; "
+        "recovery = from its health check passing again to it serving its full share "
+        "(>= 40% of requests over 2 s).",
+        "",
+        "| upstreams | requests | failed | killed at s | healthy again at s | recovery s "
+        "| source |",
+        "|---|---:|---:|---:|---:|---:|---|",
+    ]
+
+    def seconds(value: float | None) -> str:
+        return "-" if value is None else f"{value:.1f}"
+
+    for data in runs:
+        lines.append(
+            f"| {data['upstream']} | {data['requests']} | {data['failures']} | "
+            f"{seconds(data['killed_at_s'])} | {seconds(data.get('healthy_again_at_s'))} | "
+            f"{seconds(data.get('recovery_s'))} | `{data['command']}` ({data['date']}) |")
+    return [*lines, ""]
+
+
 def render(results: Path) -> str:
     overhead = _load(results, "bench_overhead")
     machine = (overhead or {}).get("machine", {})
@@ -170,6 +234,7 @@ def render(results: Path) -> str:
     lines += router_section(_load(results, "bench_router"))
     lines += adapters_section(_load(results, "bench_adapters"))
     lines += shadow_section(_load(results, "bench_shadow"))
+    lines += fault_section(results)
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -181,6 +246,10 @@ def main() -> None:
     args = parser.parse_args()
     args.out.write_text(render(args.results))
     print(f"wrote {args.out}")
+    overhead = _load(args.results, "bench_overhead")
+    if overhead is not None:
+        plot_overhead(overhead, args.results / "bench_overhead.png")
+        print(f"wrote {args.results / 'bench_overhead.png'}")
 
 
 if __name__ == "__main__":
