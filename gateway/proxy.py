@@ -368,6 +368,8 @@ class Gateway:
         """One try on ``attempt.replica``. Raises _RetryableFailure when it failed before the
         first byte reached the client (its accounting undone); otherwise answers and finishes."""
         replica = attempt.replica
+        replica.outstanding += 1
+        self.metrics.in_flight.labels(replica.name).inc()
         try:
             payload = body.model_dump_json(exclude_unset=True).encode()
         except ValueError:  # what check_request cannot see: unencodable extension fields
@@ -382,9 +384,7 @@ class Gateway:
             headers={"content-type": "application/json", "x-request-id": request_id},
             extensions={"timeout": self.client.timeout.as_dict()},
         )
-        replica.outstanding += 1
         replica.breaker.dispatched()
-        self.metrics.in_flight.labels(replica.name).inc()
         status = 500
         finish_here = True  # False: the stream's close, or serve after a failover, finishes
         up = self.settings.upstream
