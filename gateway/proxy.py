@@ -419,6 +419,7 @@ class Gateway:
             )
         except ClientDisconnected:
             status = CLIENT_CLOSED
+            replica.breaker.abandoned()
             return Response(status_code=CLIENT_CLOSED)
         except TimeoutError:
             status = 504
@@ -433,6 +434,8 @@ class Gateway:
             status = exc.status_code
             if status >= 500:
                 replica.breaker.failed(time.monotonic())
+            else:  # the replica answered properly (e.g. vLLM refused the request as invalid)
+                replica.breaker.succeeded()
             if exc.retryable:
                 # Undo this try's accounting; serve retries elsewhere or finishes the request.
                 finish_here = False

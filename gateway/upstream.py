@@ -59,6 +59,10 @@ class CircuitBreaker:
         if self.state is BreakerState.HALF_OPEN:
             self.trial_in_flight = True
 
+    def abandoned(self) -> None:
+        """The request ended without telling anything about the replica (client gone)."""
+        self.trial_in_flight = False
+
     def succeeded(self) -> None:
         self.state = BreakerState.CLOSED
         self.failures = 0

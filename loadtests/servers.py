@@ -54,14 +54,15 @@ def gateway_env(port: int, upstream: str, **settings: str) -> dict[str, str]:
 
 @contextmanager
 def process(args: list[str], ready_url: str, env: dict[str, str] | None = None,
-            timeout: float = 30, log: Path | None = None) -> Iterator[None]:
-    """Run ``args`` (from the repository root) until the block ends; ready once ``ready_url``
-    answers 200. Output goes to ``log`` (default: discarded)."""
+            timeout: float = 30, log: Path | None = None
+            ) -> Iterator[subprocess.Popen[bytes]]:
+    """Run ``args`` (from the repository root) until the block ends, yielding the process once
+    ``ready_url`` answers 200. Output goes to ``log`` (default: discarded)."""
     out = open(log, "wb") if log is not None else subprocess.DEVNULL
     proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
         wait_ready(ready_url, timeout, proc)
-        yield
+        yield proc
     finally:
         proc.terminate()
         try:

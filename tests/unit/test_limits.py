@@ -113,6 +113,15 @@ def test_breaker_opens_after_consecutive_failures_and_probes_once_when_cooled_do
     assert breaker.state is BreakerState.CLOSED and breaker.allows(now=22.0)
 
 
+def test_a_half_open_trial_the_client_abandoned_does_not_block_the_next_one() -> None:
+    breaker = CircuitBreaker(threshold=1, cooldown_s=1.0)
+    breaker.failed(now=0.0)
+    assert breaker.allows(now=2.0)
+    breaker.dispatched()
+    breaker.abandoned()
+    assert breaker.allows(now=2.0) and breaker.state is BreakerState.HALF_OPEN
+
+
 def test_placement_skips_open_breakers_and_replicas_that_failed_this_request() -> None:
     a, b = Replica("r0", "http://a", healthy=True), Replica("r1", "http://b", healthy=True)
     b.outstanding = 5
