@@ -77,23 +77,27 @@ class ClientDisconnected(Exception):
 class Gateway:
     settings: Settings
     client: httpx.AsyncClient
+    # The hot path calls the client's transport directly: AsyncClient's layers (URL merging,
+    # cookie jar, auth and redirect handling) cost ~20% of the gateway's CPU per request and do
+    # nothing for a fixed upstream (py-spy, bench_overhead).
+    transport: httpx.AsyncBaseTransport
     pool: ReplicaPool
     registry: Registry
     table: RoutingTable
     loader: AdapterManager
     metrics: Metrics
-    limiter: RateLimiter = field(default_factory=lambda: RateLimiter(None, None))
-    admission: Admission = field(default_factory=lambda: Admission(1 << 30, 0, 1.0))
-    keys: KeyRing = field(default_factory=KeyRing)
+    limiter: RateLimiter
+    admission: Admission
+    keys: KeyRing
     classifier: ClassifierService | None = None
-    # The hot path calls the client's transport directly: AsyncClient's layers (URL merging,
-    # cookie jar, auth and redirect handling) cost ~20% of the gateway's CPU per request and do
-    # nothing for a fixed upstream (py-spy, bench_overhead). None: go through ``client``.
-    transport: httpx.AsyncBaseTransport | None = None
     # Domains the quality gate sends to the general model (set by the shadow evaluator).
     gated: frozenset[str] = field(default_factory=frozenset)
     shadow: ShadowEvaluator | None = None
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        # The client's timeouts, as the extension every upstream request carries (built once).
+        self._timeouts = self.client.timeout.as_dict()
 
     # ----------------------------------------------------------------- adapters
     def set_registry(self, registry: Registry) -> None:
@@ -382,7 +386,7 @@ class Gateway:
             _upstream_url(replica.url, path),
             content=payload,
             headers={"content-type": "application/json", "x-request-id": request_id},
-            extensions={"timeout": self.client.timeout.as_dict()},
+            extensions={"timeout": self._timeouts},
         )
         replica.breaker.dispatched()
         status = 500
@@ -513,8 +517,6 @@ class Gateway:
         self, replica: Replica, upstream_request: httpx.Request, *, stream: bool
     ) -> httpx.Response:
         try:
-            if self.transport is None:
-                return await self.client.send(upstream_request, stream=stream)
             response = await self.transport.handle_async_request(upstream_request)
             response.request = upstream_request
             if not stream:
