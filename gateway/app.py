@@ -19,6 +19,7 @@ from adapters.suite import suite_items
 from gateway.api import admin, health, openai
 from gateway.api.guard import Guard
 from gateway.classify import ClassifierService
+from gateway.engine import EngineSupervisor
 from gateway.errors import install_error_handlers
 from gateway.limits import Admission, KeyRing, RateLimiter
 from gateway.metrics import ENDPOINT_LABELS, NONE, Metrics
@@ -52,6 +53,7 @@ def create_app(
     classifier_executor: Executor | None = None,
     metrics: Metrics | None = None,
     shadow_items: Sequence[DomainItem] | None = None,
+    engine: EngineSupervisor | None = None,
 ) -> FastAPI:
     """Build the gateway. ``transport`` lets tests put a fake upstream behind httpx.
 
@@ -59,6 +61,8 @@ def create_app(
     ``classifier_executor`` (a process pool initialised by ``router.worker.init``) batches are
     classified in that process and only the cache lives here. ``shadow_items``: the shadow
     evaluator's items (default: the evaluation suite, loaded in a thread at start).
+    ``engine``: the embedded vLLM's supervisor (`slm-gateway run`), run as a lifespan task
+    when ``settings.engine.supervise``; its configuration shows in /readyz and metrics.
     """
     # Validate the registry now, so a bad config fails before the server binds.
     registry = build_registry(settings)
@@ -137,6 +141,14 @@ def create_app(
             if not pool.ready():
                 logger.warning("no upstream is ready yet: %s", ", ".join(up.base_urls()))
             tasks.append(asyncio.create_task(pool.run_health_loop(), name="replica-health"))
+            if engine is not None:
+                gateway.engine = engine
+                if engine.engine.plan is not None:
+                    labels = engine.engine.plan.choice.labels(engine.engine.plan.caps)
+                    metrics.engine_info.labels(**labels).set(1)
+                engine.on_restart = lambda reason: metrics.engine_restarts.labels(reason).inc()
+                if settings.engine.supervise:
+                    tasks.append(asyncio.create_task(engine.run(), name="engine-supervisor"))
             if gateway.shadow is not None:
                 tasks.append(asyncio.create_task(gateway.shadow.run(), name="shadow-evaluator"))
             try:

@@ -19,6 +19,7 @@ import argparse
 import gc
 import json
 import logging
+import signal
 import socket
 import sys
 from pathlib import Path
@@ -27,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from gateway.settings import Settings, load_settings
 
 if TYPE_CHECKING:
+    from gateway.engine import EngineSupervisor
     from router.classifier import DomainClassifier
 
 logger = logging.getLogger("slm_gateway")
@@ -42,7 +44,7 @@ def _setup_logging(level: str) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
-def _banner(settings: Settings) -> str:
+def _banner(settings: Settings, engine: object = None) -> str:
     url = f"http://{settings.host}:{settings.port}"
     auth = ("  -H 'authorization: Bearer <your key>'"
             if settings.api_keys or settings.api_key_hashes else "")
@@ -55,6 +57,7 @@ def _banner(settings: Settings) -> str:
         "    -d '{\"model\": \"auto\", \"messages\": [{\"role\": \"user\", "
         "\"content\": \"What is the capital of France?\"}], \"max_tokens\": 32}'\n"
         f"Models: curl -s {url}/v1/models   Metrics: {url}/metrics   Stop: Ctrl-C\n"
+        + (f"Engine: {engine}\n" if engine else "")
     )
 
 
@@ -64,7 +67,20 @@ def _ensure_port_free(host: str, port: int, setting: str) -> None:
             raise SystemExit(f"error: {host}:{port} is already in use (set {setting})")
 
 
-def _serve(settings: Settings) -> None:
+def _exit_on_sigterm() -> None:
+    """SIGTERM raises SystemExit, so every ``finally`` (stop vLLM, the classifier worker) runs.
+
+    uvicorn handles SIGTERM while serving and, once shut down, raises it again with the
+    handler that was there before it started: without this one, the default handler, which
+    ends the process on the spot and left the classifier worker and vLLM running.
+    """
+    def handler(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def _serve(settings: Settings, engine: EngineSupervisor | None = None) -> None:
     import uvicorn
 
     from gateway.app import create_app
@@ -83,8 +99,9 @@ def _serve(settings: Settings) -> None:
             initializer=worker.init,
             initargs=(settings.routing.taxonomy_file, settings.routing.cache_dir),
         )
-    app = create_app(settings, classifier=classifier, classifier_executor=executor)
-    banner = _banner(settings)
+    app = create_app(settings, classifier=classifier, classifier_executor=executor,
+                     engine=engine)
+    banner = _banner(settings, engine.info()["description"] if engine else None)
 
     class _Server(uvicorn.Server):
         async def startup(self, sockets: Any = None) -> None:
@@ -145,6 +162,7 @@ def cmd_hash_key(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    _exit_on_sigterm()
     settings = load_settings(args.config)
     _setup_logging(settings.log_level)
     _serve(settings)
@@ -154,18 +172,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from adapters.base_model import prepare_base
     from adapters.registry import load_manifest, trained_on_other_bases
-    from gateway.engine import EmbeddedEngine, EngineStartError
+    from gateway.engine import EmbeddedEngine, EngineStartError, EngineSupervisor, plan_engine
 
+    _exit_on_sigterm()
     settings = load_settings(args.config)
     _setup_logging(settings.log_level)
     engine_settings = settings.engine
     _ensure_port_free(settings.host, settings.port, "SLM_GATEWAY_PORT")
     _ensure_port_free(engine_settings.host, engine_settings.port, "SLM_GATEWAY_ENGINE__PORT")
+    plan = plan_engine(engine_settings)
+    logger.info("engine: %s (CPU: %s, kernels: %s)", plan.describe(), plan.caps.cpu_model,
+                plan.caps.kernel_library)
     model_path = engine_settings.model_path
     if model_path is None:
-        prepared = prepare_base(
-            engine_settings.cache_dir, quantization=engine_settings.quantization
-        )
+        prepared = prepare_base(engine_settings.cache_dir, quantization=plan.choice.quantization)
         model_path = prepared.path
         manifest = settings.adapters.manifest
         if manifest is not None and manifest.is_file():
@@ -173,7 +193,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             if others:
                 logger.warning("adapters trained on another base than %s (served anyway): %s",
                                prepared.base_id, ", ".join(others))
-    engine = EmbeddedEngine(engine_settings, model_path, settings.upstream.served_model_name)
+    engine = EmbeddedEngine(engine_settings, model_path, settings.upstream.served_model_name,
+                            plan=plan)
     try:
         url = engine.start()
         # The gateway keeps no more adapters registered than this vLLM caches.
@@ -182,14 +203,17 @@ def cmd_run(args: argparse.Namespace) -> int:
             "upstream": settings.upstream.model_copy(update={"urls": [url]}),
             "adapters": settings.adapters.model_copy(update={"max_per_replica": capacity}),
         })
-        _serve(settings)
+        supervisor = EngineSupervisor(
+            engine, interval_s=engine_settings.health_interval_s,
+            failures_to_restart=engine_settings.health_failures_to_restart)
+        _serve(settings, engine=supervisor)
     except EngineStartError as exc:
         logger.error("%s", exc)
         return 1
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SystemExit):
         pass
     finally:
-        engine.stop()
+        engine.close()
     return 0
 
 
@@ -330,7 +354,7 @@ def cmd_suite_run(args: argparse.Namespace) -> int:
     from adapters.registry import AdapterStatus, load_manifest
     from adapters.suite import run_suite, suite_items
     from adapters.suite_report import format_table, plot, save, summarise
-    from gateway.engine import EmbeddedEngine, EngineStartError
+    from gateway.engine import EmbeddedEngine, EngineStartError, plan_engine
 
     settings = load_settings(args.config)
     _setup_logging("info")
@@ -358,8 +382,11 @@ def cmd_suite_run(args: argparse.Namespace) -> int:
         engine_settings = settings.engine.model_copy(update={
             "max_cpu_loras": max(len(adapters), settings.engine.max_loras),
             "log_file": Path("var/log/suite-vllm.log")})
-        engine = EmbeddedEngine(engine_settings, prepare_base(engine_settings.cache_dir).path,
-                                base_model)
+        plan = plan_engine(engine_settings)
+        engine = EmbeddedEngine(
+            engine_settings,
+            prepare_base(engine_settings.cache_dir, quantization=plan.choice.quantization).path,
+            base_model, plan=plan)
     started = time.monotonic()
     step = max(1, (len(items) + len(adapters) * args.limit) // 40)
 

@@ -114,6 +114,20 @@ class Metrics:
             ["replica"],
             registry=r,
         )
+        # The embedded engine (`slm-gateway run` only): its configuration and restarts.
+        self.engine_info = Gauge(
+            "slm_engine_info",
+            "1 for the embedded vLLM's configuration: ISA level of its kernels, base "
+            "quantization, dtype and how the 4-bit GEMM runs (native, fallback, none).",
+            ["isa", "quantization", "dtype", "gemm"],
+            registry=r,
+        )
+        self.engine_restarts = Counter(
+            "slm_engine_restarts",
+            "Restarts of the embedded vLLM by the supervisor, by cause (exited, unhealthy).",
+            ["reason"],
+            registry=r,
+        )
         self.adapter_loads = Counter(
             "slm_adapter_loads",
             "Runtime LoRA loads requested from vLLM, by result (loaded, failed).",

@@ -59,6 +59,7 @@ from router.policy import (
 )
 
 if TYPE_CHECKING:
+    from gateway.engine import EngineSupervisor
     from gateway.shadow import ShadowEvaluator
 
 logger = logging.getLogger(__name__)
@@ -93,6 +94,8 @@ class Gateway:
     # Domains the quality gate sends to the general model (set by the shadow evaluator).
     gated: frozenset[str] = field(default_factory=frozenset)
     shadow: ShadowEvaluator | None = None
+    # The supervised embedded vLLM (`slm-gateway run`); None in front of external replicas.
+    engine: EngineSupervisor | None = None
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     def __post_init__(self) -> None:

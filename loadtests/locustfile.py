@@ -24,6 +24,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import gevent
 from locust import HttpUser, between, events, task
 from locust.env import Environment
 from locust.stats import StatsEntry
@@ -84,6 +85,24 @@ def _on_init(environment: Environment, **_: Any) -> None:
     _config = load_config(Path(options.slo_config)) if options else GateConfig()
     _traffic = _Traffic(_config.load, prompt_pools(), options.api_key if options else "")
     OpenAIUser.wait_time = between(_config.load.wait_min_s, _config.load.wait_max_s)
+    if _config.load.max_requests is not None:
+        _stop_after(environment, _config.load.max_requests)
+
+
+def _stop_after(environment: Environment, max_requests: int) -> None:
+    """Quit once ``max_requests`` HTTP requests (TTFT entries excluded) have completed."""
+    done = 0
+
+    def on_request(request_type: str, **_: Any) -> None:
+        nonlocal done
+        if request_type == TTFT:
+            return
+        done += 1
+        if done == max_requests and environment.runner is not None:
+            # Not from inside the request's own greenlet: quitting kills the users.
+            gevent.spawn(environment.runner.quit)
+
+    environment.events.request.add_listener(on_request)
 
 
 class OpenAIUser(HttpUser):

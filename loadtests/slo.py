@@ -24,6 +24,9 @@ class LoadShape(BaseModel):
     users: int = Field(default=4, ge=1)
     spawn_rate: float = Field(default=2.0, gt=0)
     run_time: str = "60s"  # locust's format: 30s, 2m, 1h30m
+    # Stop once this many requests were answered (run_time stays the upper bound): a run whose
+    # verdict needs N requests then gets them on a slow machine too.
+    max_requests: int | None = Field(default=None, ge=1)
     # Seconds each simulated user waits between requests (uniform in [min, max]).
     wait_min_s: float = Field(default=0.0, ge=0)
     wait_max_s: float = Field(default=1.0, ge=0)

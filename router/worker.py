@@ -22,9 +22,11 @@ def init(taxonomy_file: Path | None, cache_dir: Path) -> None:
     global _classifier
     import torch
 
+    from router.lifeline import exit_with_parent
     from router.taxonomy import load_taxonomy
     from router.train import load_or_train
 
+    exit_with_parent()  # a gateway killed with SIGKILL must not leave ~900 MB behind
     torch.set_num_threads(1)  # one worker, one core: leave the other to the gateway
     _classifier = load_or_train(load_taxonomy(taxonomy_file), cache_dir, progress=lambda m: None)
     _classifier.cache_size = 0  # the gateway process keeps the cache

@@ -21,10 +21,10 @@ async def healthz() -> dict[str, str]:
 async def readyz(gateway: GatewayDep) -> JSONResponse:
     replicas = {r.name: ("up" if r.healthy else "down") for r in gateway.pool.replicas}
     ready = gateway.pool.ready()
-    return JSONResponse(
-        {"status": "ready" if ready else "not_ready", "replicas": replicas},
-        status_code=200 if ready else 503,
-    )
+    body: dict[str, object] = {"status": "ready" if ready else "not_ready", "replicas": replicas}
+    if gateway.engine is not None:
+        body["engine"] = gateway.engine.info()
+    return JSONResponse(body, status_code=200 if ready else 503)
 
 
 @router.get("/metrics", include_in_schema=False)  # Prometheus text, not an API

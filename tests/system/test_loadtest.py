@@ -13,9 +13,11 @@ from tests.system.conftest import fake_upstream, gateway_process
 
 
 def gate(url: str, out: Path, *overrides: str) -> subprocess.CompletedProcess[str]:
+    # Bounded by request count, not by a few seconds: a busy 2-core machine made only 4-6
+    # requests in 4-5 s (below min_requests) and failed the "pass" run. run_time is the cap.
     args = [sys.executable, "-m", "loadtests.slo_gate", "--host", url, "--out-dir", str(out),
-            "-o", "load.run_time=4s", "-o", "load.users=4", "-o", "load.spawn_rate=4",
-            "-o", "slo.min_requests=10"]
+            "-o", "load.run_time=60s", "-o", "load.max_requests=12", "-o", "load.users=4",
+            "-o", "load.spawn_rate=4", "-o", "slo.min_requests=10"]
     for override in overrides:
         args += ["-o", override]
     return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=120,

@@ -26,3 +26,86 @@ def test_tokens_without_adapter_get_zero_after_the_fix() -> None:
         pytest.skip("already patched in this process")
     assert shrink_rows(original) == [[3.0], [5.0]]  # the bug: -1 wrapped to the last slot
     assert shrink_rows(_without_wraparound(original)) == [[3.0], [0.0]]
+
+
+# --- The W4A16 fallback GEMM (AVX2 kernel library has no cpu_gemm_wna16) ----------------------
+
+def _quantized_layer(out_features: int = 64, in_features: int = 128, seed: int = 0) -> tuple[
+        torch.nn.Module, torch.Tensor]:
+    """A layer in compressed-tensors pack-quantized layout (as vLLM loads it), packed with
+    compressed-tensors itself, and the weight it stands for: (q - zero) * scale."""
+    from compressed_tensors.compressors import pack_to_int32
+
+    from adapters.quantize import GROUP_SIZE, quantize_rtn
+
+    gen = torch.Generator().manual_seed(seed)
+    weight = torch.randn(out_features, in_features, generator=gen) * 0.05
+    dequantized, scale, zero = quantize_rtn(weight)
+    q = torch.clamp(torch.round(weight / scale.repeat_interleave(GROUP_SIZE, 1)
+                                + zero.repeat_interleave(GROUP_SIZE, 1)), -8, 7)
+    layer = torch.nn.Module()
+
+    def param(data: torch.Tensor, **dims: int) -> torch.nn.Parameter:
+        p = torch.nn.Parameter(data, requires_grad=False)
+        for name, value in dims.items():
+            setattr(p, name, value)
+        return p
+
+    layer.weight_packed = param(pack_to_int32(q.to(torch.int8), 4, packed_dim=1),
+                                input_dim=1, output_dim=0, packed_dim=1)
+    layer.weight_scale = param(scale.float(), output_dim=0, input_dim=1)
+    layer.weight_zero_point = param(pack_to_int32(zero.to(torch.int8), 4, packed_dim=0),
+                                    output_dim=0, packed_dim=0, input_dim=1)
+    return layer, dequantized
+
+
+def _kernel(out_features: int = 64, in_features: int = 128,
+            dtype: torch.dtype = torch.float32) -> object:
+    from vllm.model_executor.kernels.linear.mixed_precision.cpu import CPUWNA16LinearKernel
+    from vllm.model_executor.kernels.linear.mixed_precision.MPLinearKernel import (
+        MPLinearLayerConfig,
+    )
+    from vllm.scalar_type import scalar_types
+
+    config = MPLinearLayerConfig(
+        full_weight_shape=(in_features, out_features),
+        partition_weight_shape=(in_features, out_features),
+        weight_type=scalar_types.uint4, act_type=dtype, group_size=32, zero_points=True)
+    return CPUWNA16LinearKernel(config, w_q_param_name="weight_packed",
+                                w_s_param_name="weight_scale",
+                                w_zp_param_name="weight_zero_point")
+
+
+def test_fallback_gemm_serves_exactly_the_4bit_weights_compressed_tensors_packed() -> None:
+    from adapters.vllm_cpu_fix import dense_apply_weights, dense_process_weights
+
+    layer, expected = _quantized_layer()
+    kernel = _kernel()
+    dense_process_weights(kernel, layer)
+    assert torch.allclose(layer.slm_dense_weight, expected, atol=1e-6)
+    x = torch.randn(3, 128, generator=torch.Generator().manual_seed(1))
+    bias = torch.randn(64)
+    out = dense_apply_weights(kernel, layer, x, bias)
+    assert torch.allclose(out, x @ expected.T + bias, atol=1e-5)
+
+
+def test_fallback_gemm_matches_the_native_kernel_where_the_library_has_it() -> None:
+    from vllm import _custom_ops  # noqa: F401  (loads this machine's kernel library)
+
+    from adapters.vllm_cpu_fix import dense_apply_weights, dense_process_weights
+
+    if not hasattr(torch.ops._C, "cpu_gemm_wna16"):
+        pytest.skip("this machine's vLLM-CPU library has no cpu_gemm_wna16 (AVX2): "
+                    "the test above checks the fallback against compressed-tensors instead")
+    # The native op implements bf16 activations (not float32: that is the fallback's job).
+    native_layer, _ = _quantized_layer(seed=3)
+    fallback_layer, _ = _quantized_layer(seed=3)
+    for layer in (native_layer, fallback_layer):
+        layer.weight_scale.data = layer.weight_scale.data.to(torch.bfloat16)
+    kernel = _kernel(dtype=torch.bfloat16)
+    kernel.process_weights_after_loading(native_layer)  # type: ignore[attr-defined]
+    dense_process_weights(kernel, fallback_layer)
+    x = torch.randn(5, 128, generator=torch.Generator().manual_seed(2)).to(torch.bfloat16)
+    native = kernel.apply_weights(native_layer, x)  # type: ignore[attr-defined]
+    fallback = dense_apply_weights(kernel, fallback_layer, x)
+    assert torch.allclose(native.float(), fallback.float(), atol=2e-2, rtol=2e-2)
