@@ -248,7 +248,6 @@ class ShadowEvaluator:
         self._live: asyncio.Queue[LiveSample] = asyncio.Queue(settings.live_queue)
         self._rng = rng or random.Random()
         self._scorers: dict[str, VllmScorer] = {}
-        self._cursor: dict[str, int] = {}
         self._users_arrived = asyncio.Event()
         self.items_scored = 0
         metrics.shadow_budget.set(settings.calls_per_second)
@@ -319,16 +318,17 @@ class ShadowEvaluator:
         return self.gateway.registry.get(name) if name else None
 
     def _next_item(self) -> DomainItem | None:
-        """Round-robin over domains with an active adapter, each domain's items in order."""
+        """Round-robin over domains with an active adapter; within a domain, an item drawn
+        uniformly at random (with replacement). Answers are greedy, so an item scores the same
+        each time: random draws make each delta an independent draw from the domain's suite,
+        which the confidence sequences' guarantee assumes (items in a fixed cycle are not), and
+        the gate's verdict is then about the suite's mean delta."""
         items = self._items or []
         domains = sorted({i.domain for i in items if self._active(i.domain) is not None})
         if not domains:
             return None
         domain = domains[self.items_scored % len(domains)]
-        own = [i for i in items if i.domain == domain]
-        index = self._cursor.get(domain, 0)
-        self._cursor[domain] = index + 1
-        return own[index % len(own)]
+        return self._rng.choice([i for i in items if i.domain == domain])
 
     def _shadows(self, domain: str) -> list[AdapterEntry]:
         return [e for e in self.gateway.registry
