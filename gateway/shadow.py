@@ -409,7 +409,7 @@ class ShadowEvaluator:
         }
         await self.store.append(record)
         self._publish(item.domain, active, shadows)
-        await self.apply_gate()
+        self.apply_gate()
         if self.settings.auto_promote:
             await self._maybe_promote(active, shadows)
         return record
@@ -488,7 +488,9 @@ class ShadowEvaluator:
         _, general = self.evidence.scores(active)
         m.shadow_score.labels(domain, GENERAL).set(estimate(general).mean)
 
-    async def apply_gate(self) -> frozenset[str]:
+    def apply_gate(self) -> frozenset[str]:
+        """Route by the gates of the domains' active versions (after every item, and at once
+        when the registry changes: a new active version brings its own record)."""
         gw = self.gateway
         gates = {}
         for domain, name in gw.table.active.items():

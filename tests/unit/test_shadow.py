@@ -163,6 +163,26 @@ def test_a_worse_adapter_is_gated_and_served_again_once_it_shows_a_gain(
     assert len({p["pair_id"] for p in pairs}) == len(pairs)
 
 
+def test_a_new_version_of_a_gated_adapter_is_served_at_once_with_a_record_of_its_own(
+    shadow_client: TestClient, fake: FakeVllm, judge: Judge, adapter_root: Path
+) -> None:
+    wait_for(lambda: quality(shadow_client)["gate"] == "closed", "the gate to close")
+    fake.answers["law-v1"] = "right"  # the new weights answer as well as the general model
+    response = shadow_client.post("/admin/adapters", headers=ADMIN, json={
+        "name": "law-v1", "domain": "legal", "path": str(make_adapter_dir(adapter_root, "new")),
+        "status": "active"})
+    assert response.status_code == 200, response.text
+    state = quality(shadow_client)
+    assert state["version"] == 2 and state["gate"] == "open"
+    assert ask_legal(shadow_client)["x-slm-adapter"] == "law-v1"
+    # Its own record grows from zero; equal answers never close it (nor would they have
+    # reopened version 1: only a proven gain does).
+    wait_for(lambda: quality(shadow_client)["samples"] >= 20, "evidence on version 2")
+    state = quality(shadow_client)
+    assert state["gate"] == "open" and state["gate_changes"] == 0
+    assert state["delta"]["mean"] == 0.0  # type: ignore[index]
+
+
 @pytest.fixture
 def with_v2(settings: Settings, fake: FakeVllm, adapter_root: Path) -> Settings:
     """law-v2, a shadow version of the legal adapter that answers right (law-v1 does not)."""
