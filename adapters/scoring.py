@@ -106,7 +106,9 @@ def score_text(metric: str, prediction: str, references: Sequence[str]) -> float
 
 @dataclass(frozen=True)
 class Estimate:
-    """A mean with its two-sided confidence interval (Student's t)."""
+    """A mean with a two-sided interval: a Student-t confidence interval from :func:`estimate`
+    (one analysis at a fixed n, as `suite run` does), or the bounds of the quality gate's
+    anytime-valid confidence sequence (:mod:`router.sequence`) in the shadow evaluator's reports."""
 
     n: int
     mean: float

@@ -11,6 +11,7 @@
     slm-gateway router train   train (or load) the domain classifier for the configured taxonomy
     slm-gateway router eval    accuracy, macro-F1, recall, confusion, latency on held-out data
     slm-gateway suite run      general vs domain adapters on the evaluation suite: table, JSON, plot
+    slm-gateway gate replay    JSON lines {"domain", "delta"} in, the quality gate per line out
 """
 
 from __future__ import annotations
@@ -472,6 +473,61 @@ def cmd_router_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _replay_record(line: str) -> tuple[str, float, object]:
+    """(domain, delta, version) of one `gate replay` input line; ValueError says what is wrong."""
+    try:
+        record = json.loads(line)
+    except ValueError as exc:
+        raise ValueError(f"not JSON ({exc})") from None
+    if not isinstance(record, dict):
+        raise ValueError("expected a JSON object")
+    domain, delta = record.get("domain"), record.get("delta")
+    if not isinstance(domain, str) or not domain:
+        raise ValueError("'domain' must be a non-empty string")
+    if isinstance(delta, bool) or not isinstance(delta, int | float):
+        raise ValueError("'delta' must be a number")
+    if not -1.0 <= delta <= 1.0:  # NaN and infinities fail this too
+        raise ValueError(f"'delta' must lie in [-1, 1] (paired scores in [0, 1]), got {delta}")
+    version = record.get("version")
+    if version is not None and (isinstance(version, bool)
+                                or not isinstance(version, int | str)):
+        raise ValueError("'version' must be an integer or a string when given")
+    return domain, float(delta), version
+
+
+def cmd_gate_replay(args: argparse.Namespace) -> int:
+    """Replays paired deltas through the quality gate the gateway runs (its rule from the same
+    settings, defaults unless --config or SLM_GATEWAY_* say otherwise). Stops at the first bad
+    line with an error on stderr and exit status 1: a replay that skipped lines would show a
+    trajectory the gateway never had."""
+    from gateway.shadow import gate_rule
+    from router.gate import VersionGate
+
+    rule = gate_rule(load_settings(args.config).shadow)
+    gates: dict[str, tuple[object, VersionGate]] = {}
+    out = sys.stdout
+    for number, line in enumerate(sys.stdin, start=1):
+        if not line.strip():
+            continue
+        try:
+            domain, delta, version = _replay_record(line)
+        except ValueError as exc:
+            out.flush()
+            print(f"error: line {number}: {exc}", file=sys.stderr)
+            return 1
+        known = gates.get(domain)
+        # A new adapter version starts a new sequence, as in the gateway.
+        gate = known[1] if known is not None and known[0] == version else VersionGate.start(rule)
+        gate = gate.observe(delta)
+        gates[domain] = (version, gate)
+        evidence = gate.evidence()
+        out.write(json.dumps({"domain": domain, "n": gate.n, "state": gate.state.value,
+                              "low": round(evidence.low, 4), "high": round(evidence.high, 4)})
+                  + "\n")
+    out.flush()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="slm-gateway", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -595,6 +651,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("results/suite.json"))
     p.add_argument("--plot", type=Path, default=Path("results/suite.png"))
     p.set_defaults(func=cmd_suite_run)
+
+    gate = sub.add_parser("gate", help="the quality gate").add_subparsers(
+        dest="gate_command", required=True
+    )
+    p = gate.add_parser(
+        "replay", help="replay paired deltas through the quality gate",
+        description="Reads JSON lines {\"domain\": str, \"delta\": float in [-1, 1], "
+                    "\"version\": optional} (paired specialized - general scores, in arrival "
+                    "order) on stdin and writes one line {\"domain\", \"n\", \"state\", "
+                    "\"low\", \"high\"} per input: the gate the gateway runs with these "
+                    "settings. A change of version starts a new sequence for that domain. "
+                    "Stops with exit status 1 at the first bad line.")
+    p.add_argument("--config", type=Path, default=None, help="YAML settings file")
+    p.set_defaults(func=cmd_gate_replay)
     return parser
 
 

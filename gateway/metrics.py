@@ -178,25 +178,26 @@ class Metrics:
         )
         self.shadow_delta = Gauge(
             "slm_shadow_delta",
-            "Mean paired score delta, adapter minus general, over the evidence window.",
+            "Mean paired score delta, adapter minus general, over the gate's current confidence "
+            "sequence (every item since the version started or its gate last reopened).",
             ["domain", "adapter"],
             registry=r,
         )
         self.shadow_delta_low = Gauge(
             "slm_shadow_delta_low",
-            "Lower bound of the delta's confidence interval (-Inf until two samples).",
+            "Lower bound of the delta's anytime-valid confidence sequence (-1 with no evidence).",
             ["domain", "adapter"],
             registry=r,
         )
         self.shadow_delta_high = Gauge(
             "slm_shadow_delta_high",
-            "Upper bound of the delta's confidence interval (+Inf until two samples).",
+            "Upper bound of the delta's anytime-valid confidence sequence (1 with no evidence).",
             ["domain", "adapter"],
             registry=r,
         )
         self.shadow_evidence = Gauge(
             "slm_shadow_evidence_samples",
-            "Paired samples in the evidence window the delta is computed from.",
+            "Paired samples in the confidence sequence the delta and its bounds come from.",
             ["domain", "adapter"],
             registry=r,
         )
@@ -240,5 +241,11 @@ class Metrics:
             "slm_quality_gate_closed",
             "1 when the quality gate sends the domain to the general model, else 0.",
             ["domain"],
+            registry=r,
+        )
+        self.quality_gate_changes = Counter(
+            "slm_quality_gate_changes",
+            "Times the quality gate closed or reopened a domain (state: the new state).",
+            ["domain", "state"],
             registry=r,
         )

@@ -107,6 +107,8 @@ class Gateway:
         """Swap in a new registry; requests routed from now on use it (one loop, no lock)."""
         self.registry = registry
         self.table = registry.routing_table(self.settings.base_aliases())
+        if self.shadow is not None:
+            self.shadow.apply_gate()  # a new active version is gated by its own record
 
     def on_replica_up(self, url: str) -> None:
         """A replica came (back) up: forget what it had and, if configured, preload."""

@@ -170,14 +170,16 @@ class ShadowSettings(BaseModel):
     live_sample_rate: float = Field(default=0.0, ge=0.0, le=1.0)
     live_queue: int = Field(default=16, ge=1)  # sampled requests waiting; more are dropped
     store: Path = Path("var/shadow/pairs.jsonl")
-    # Evidence per adapter version: the last `window` paired scores; the gate acts from
-    # `min_samples` on, on the `confidence` interval of the paired delta.
+    # The quality gate (router/gate.py): anytime-valid confidence sequences, at `confidence`,
+    # of the paired delta adapter - general over every item since the adapter version started;
+    # a sequence changes the gate (or promotes a shadow version) once it has `min_samples`
+    # pairs. `window`: the last paired scores the reported mean scores are computed from.
     window: int = Field(default=200, ge=2)
     min_samples: int = Field(default=30, ge=2)
     confidence: float = Field(default=0.95, gt=0.5, lt=1.0)
     gate: bool = True  # False: evidence is reported, routing never changes
-    # Promote a shadow version automatically once it beats the active one (and the general
-    # model) with `min_samples` evidence. False: an operator promotes (admin API).
+    # Promote a shadow version automatically once its confidence sequence against the active
+    # one lies above zero (and its own gate is open). False: an operator promotes (admin API).
     auto_promote: bool = False
 
 

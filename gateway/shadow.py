@@ -2,10 +2,11 @@
 
 A background task of the gateway. It takes the suite items (:mod:`adapters.suite`, the test
 split: never trained on) one domain after the other, answers each with the general model, the
-domain's active adapter and any shadow versions, scores the answers, and keeps the last
-``window`` paired scores per adapter version as evidence. After every item the quality gate
-(:func:`router.gate.gated_domains`) decides which domains the general model serves; a shadow
-version that beats the active one may be promoted (``auto_promote``).
+domain's active adapter and any shadow versions, scores the answers, and feeds the paired deltas
+to anytime-valid confidence sequences per adapter version (:class:`Evidence`). After every item
+the quality gate (:mod:`router.gate`) decides which domains the general model serves; a shadow
+version whose sequence against the active one lies above zero may be promoted
+(``auto_promote``).
 
 Sampled live traffic (``live_sample_rate``) is answered by both variants too and both answers are
 kept in the pair store for review; it has no reference answer, so it is not scored and does not
@@ -29,17 +30,18 @@ import time
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from adapters.registry import AdapterEntry, AdapterStatus
-from adapters.scoring import Estimate, estimate, paired_delta, rouge_l
+from adapters.scoring import Estimate, estimate, rouge_l
 from adapters.suite import ItemScore, Preempted, VllmScorer
 from gateway.metrics import NONE, Metrics
 from gateway.settings import ShadowSettings
 from gateway.upstream import choose_replica
-from router.gate import GateRule, gated_domains
+from router.gate import Bounds, GateRule, GateState, VersionGate, gated_domains
+from router.sequence import BettingSequence
 
 if TYPE_CHECKING:
     from adapters.corpus import DomainItem
@@ -49,6 +51,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 GENERAL = NONE  # the `adapter` label value of the general model's scores
+METHOD = ("betting confidence sequence (hedged capital, Waudby-Smith & Ramdas 2024), "
+          "anytime-valid")
 LIVE_MAX_TOKENS = 128
 
 
@@ -94,36 +98,105 @@ class ShadowBudget:
                 self.in_flight -= 1
 
 
-@dataclass
+Key = tuple[str, int]  # (adapter name, version): a new version starts a new record
+
+
+def key(entry: AdapterEntry) -> Key:
+    return (entry.name, entry.version)
+
+
+def gate_rule(settings: ShadowSettings) -> GateRule:
+    """The gate the gateway runs, from its settings (``slm-gateway gate replay`` uses this too)."""
+    return GateRule(confidence=settings.confidence, min_samples=settings.min_samples)
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One item's paired scores for one adapter version: its score, the general model's, and for
+    a shadow version the active version's (key and score)."""
+
+    adapter: Key
+    score: float
+    general: float
+    active: tuple[Key, float] | None = None
+
+
+@dataclass(frozen=True)
+class Advance:
+    """The new gate and sequences after some observations (computed off the event loop)."""
+
+    gates: dict[Key, VersionGate]
+    vs_active: dict[tuple[Key, Key], BettingSequence]
+
+
 class Evidence:
-    """Paired scores per (adapter, version): ``vs_general`` (adapter, general) for every adapter,
-    ``vs_active`` (shadow, active) for shadow versions; the last ``window`` pairs of each."""
+    """What the shadow evaluator knows, per adapter version:
 
-    window: int
-    vs_general: dict[tuple[str, int], deque[tuple[float, float]]] = field(default_factory=dict)
-    vs_active: dict[tuple[str, int], deque[tuple[float, float]]] = field(default_factory=dict)
+    * its **gate** (:class:`router.gate.VersionGate`): confidence sequences of the paired delta
+      adapter - general over every item since the version started; anytime-valid, so acting on
+      it after every item is sound;
+    * for a shadow version, a confidence sequence of the delta against the active version
+      (started afresh whenever the active version changes), which promotion acts on;
+    * the last ``window`` paired scores, for the reported mean scores only.
 
-    def _pairs(
-        self, table: dict[tuple[str, int], deque[tuple[float, float]]], key: tuple[str, int]
-    ) -> deque[tuple[float, float]]:
-        return table.setdefault(key, deque(maxlen=self.window))
+    Gates and sequences are immutable values: :meth:`advance` computes the next ones (numpy work,
+    run in a thread) and :meth:`commit` swaps them in on the event loop, so readers (the admin API,
+    metrics) never see one half-updated.
+    """
 
-    def add(self, entry: AdapterEntry, score: float, general: float,
-            active: float | None = None) -> None:
-        key = (entry.name, entry.version)
-        self._pairs(self.vs_general, key).append((score, general))
-        if active is not None:
-            self._pairs(self.vs_active, key).append((score, active))
+    def __init__(self, window: int, rule: GateRule) -> None:
+        self.window = window
+        self.rule = rule
+        self.recent: dict[Key, deque[tuple[float, float]]] = {}
+        self.gates: dict[Key, VersionGate] = {}
+        self.vs_active: dict[tuple[Key, Key], BettingSequence] = {}
 
-    def delta(self, entry: AdapterEntry, confidence: float, *, against_active: bool = False
-              ) -> Estimate:
-        table = self.vs_active if against_active else self.vs_general
-        pairs = table.get((entry.name, entry.version), ())
-        return paired_delta([a for a, _ in pairs], [b for _, b in pairs], confidence)
+    def gate(self, entry: AdapterEntry) -> VersionGate:
+        return self.gates.get(key(entry)) or VersionGate.start(self.rule)
+
+    def against_active(self, entry: AdapterEntry, active: AdapterEntry) -> Bounds:
+        sequence = self.vs_active.get((key(entry), key(active))) or self.rule.sequence()
+        return Bounds.of(sequence)
 
     def scores(self, entry: AdapterEntry) -> tuple[list[float], list[float]]:
-        pairs = self.vs_general.get((entry.name, entry.version), ())
+        pairs = self.recent.get(key(entry), ())
         return [a for a, _ in pairs], [b for _, b in pairs]
+
+    def advance(self, observations: Sequence[Observation]) -> Advance:
+        """Pure: the gates and sequences after ``observations``. Deltas are clipped to [-1, 1]
+        (scores are in [0, 1], so they already are, barring rounding)."""
+        gates: dict[Key, VersionGate] = {}
+        vs_active: dict[tuple[Key, Key], BettingSequence] = {}
+        for o in observations:
+            gate = gates.get(o.adapter) or self.gates.get(o.adapter) or VersionGate.start(
+                self.rule)
+            gates[o.adapter] = gate.observe(_delta(o.score, o.general))
+            if o.active is not None:
+                pair = (o.adapter, o.active[0])
+                sequence = (vs_active.get(pair) or self.vs_active.get(pair)
+                            or self.rule.sequence())
+                vs_active[pair] = sequence.update(_delta(o.score, o.active[1]))
+        return Advance(gates, vs_active)
+
+    def commit(self, observations: Sequence[Observation], advance: Advance) -> None:
+        for o in observations:
+            self.recent.setdefault(o.adapter, deque(maxlen=self.window)).append(
+                (o.score, o.general))
+        self.gates.update(advance.gates)
+        for pair, sequence in advance.vs_active.items():
+            # A shadow version compared with an earlier active version: that record is moot.
+            for stale in [p for p in self.vs_active if p[0] == pair[0] and p[1] != pair[1]]:
+                del self.vs_active[stale]
+            self.vs_active[pair] = sequence
+
+
+def _delta(score: float, other: float) -> float:
+    return min(1.0, max(-1.0, score - other))
+
+
+def bounds_dict(bounds: Bounds) -> dict[str, float | int | None]:
+    """For JSON, like every estimate the admin API shows."""
+    return Estimate(bounds.n, bounds.mean, bounds.low, bounds.high).as_dict()
 
 
 class PairStore:
@@ -167,15 +240,14 @@ class ShadowEvaluator:
         self.metrics = metrics
         self.budget = ShadowBudget(settings.max_concurrency, settings.calls_per_second,
                                    busy=self._user_busy)
-        self.evidence = Evidence(settings.window)
+        self.rule = gate_rule(settings)
+        self.evidence = Evidence(settings.window, self.rule)
         self.store = PairStore(settings.store)
-        self.rule = GateRule(min_samples=settings.min_samples)
         self._items = list(items) if items is not None else None
         self._load_items = load_items
         self._live: asyncio.Queue[LiveSample] = asyncio.Queue(settings.live_queue)
         self._rng = rng or random.Random()
         self._scorers: dict[str, VllmScorer] = {}
-        self._cursor: dict[str, int] = {}
         self._users_arrived = asyncio.Event()
         self.items_scored = 0
         metrics.shadow_budget.set(settings.calls_per_second)
@@ -246,16 +318,17 @@ class ShadowEvaluator:
         return self.gateway.registry.get(name) if name else None
 
     def _next_item(self) -> DomainItem | None:
-        """Round-robin over domains with an active adapter, each domain's items in order."""
+        """Round-robin over domains with an active adapter; within a domain, an item drawn
+        uniformly at random (with replacement). Answers are greedy, so an item scores the same
+        each time: random draws make each delta an independent draw from the domain's suite,
+        which the confidence sequences' guarantee assumes (items in a fixed cycle are not), and
+        the gate's verdict is then about the suite's mean delta."""
         items = self._items or []
         domains = sorted({i.domain for i in items if self._active(i.domain) is not None})
         if not domains:
             return None
         domain = domains[self.items_scored % len(domains)]
-        own = [i for i in items if i.domain == domain]
-        index = self._cursor.get(domain, 0)
-        self._cursor[domain] = index + 1
-        return own[index % len(own)]
+        return self._rng.choice([i for i in items if i.domain == domain])
 
     def _shadows(self, domain: str) -> list[AdapterEntry]:
         return [e for e in self.gateway.registry
@@ -318,9 +391,13 @@ class ShadowEvaluator:
             scores.append(await self._on_replica(
                 entry, lambda scorer, model: scorer.score(item, model)))
         general, active_score, *shadow_scores = scores
-        self.evidence.add(active, active_score.score, general.score)
-        for entry, s in zip(shadows, shadow_scores, strict=True):
-            self.evidence.add(entry, s.score, general.score, active_score.score)
+        observations = [Observation(key(active), active_score.score, general.score)]
+        observations += [Observation(key(entry), s.score, general.score,
+                                     (key(active), active_score.score))
+                         for entry, s in zip(shadows, shadow_scores, strict=True)]
+        # The sequences' numpy updates run off the event loop; the swap-in happens on it.
+        advance = await asyncio.to_thread(self.evidence.advance, observations)
+        self.evidence.commit(observations, advance)
         self.items_scored += 1
         self.metrics.shadow_samples.labels(item.domain, "suite").inc()
         record = {
@@ -332,7 +409,7 @@ class ShadowEvaluator:
         }
         await self.store.append(record)
         self._publish(item.domain, active, shadows)
-        await self.apply_gate()
+        self.apply_gate()
         if self.settings.auto_promote:
             await self._maybe_promote(active, shadows)
         return record
@@ -366,70 +443,86 @@ class ShadowEvaluator:
     # ------------------------------------------------------------------ evidence -> state
     def report(self) -> dict[str, Any]:
         """Per domain with an active adapter: evidence and gate state (admin API)."""
-        c = self.settings.confidence
         domains: dict[str, Any] = {}
         for domain, name in sorted(self.gateway.table.active.items()):
             entry = self.gateway.registry.get(name)
             if entry is None:
                 continue
             special, general = self.evidence.scores(entry)
+            gate = self.evidence.gate(entry)
+            recovery = gate.recovery()
             domains[domain] = {
                 "adapter": entry.name, "version": entry.version,
+                # What routing does (always "open" with shadow.gate: false) ...
                 "gate": "closed" if domain in self.gateway.gated else "open",
-                "samples": len(special),
-                "score_adapter": estimate(special, c).as_dict()["mean"],
-                "score_general": estimate(general, c).as_dict()["mean"],
-                "delta": self.evidence.delta(entry, c).as_dict(),
+                # ... and what the evidence says, whether or not routing follows it.
+                "verdict": gate.state.value,
+                "samples": gate.n,
+                "gate_changes": gate.changes,
+                "score_adapter": estimate(special).as_dict()["mean"],
+                "score_general": estimate(general).as_dict()["mean"],
+                "delta": bounds_dict(gate.evidence()),
+                "recovery": bounds_dict(recovery) if recovery is not None else None,
                 "shadow": {
                     s.name: {"version": s.version,
-                             "vs_general": self.evidence.delta(s, c).as_dict(),
-                             "vs_active": self.evidence.delta(s, c, against_active=True).as_dict()}
+                             "vs_general": bounds_dict(self.evidence.gate(s).evidence()),
+                             "vs_active": bounds_dict(self.evidence.against_active(s, entry))}
                     for s in self._shadows(domain)
                 },
             }
         return {"gate_enabled": self.settings.gate, "min_samples": self.settings.min_samples,
-                "confidence": c, "items_scored": self.items_scored, "domains": domains}
+                "confidence": self.settings.confidence, "method": METHOD,
+                "items_scored": self.items_scored, "domains": domains}
 
     def _publish(self, domain: str, active: AdapterEntry,
                  shadows: Sequence[AdapterEntry]) -> None:
-        m, c = self.metrics, self.settings.confidence
+        m = self.metrics
         for entry in (active, *shadows):
-            special, general = self.evidence.scores(entry)
-            delta = self.evidence.delta(entry, c)
-            m.shadow_score.labels(domain, entry.name).set(estimate(special, c).mean)
+            special, _ = self.evidence.scores(entry)
+            delta = self.evidence.gate(entry).evidence()
+            m.shadow_score.labels(domain, entry.name).set(estimate(special).mean)
             m.shadow_delta.labels(domain, entry.name).set(delta.mean)
             m.shadow_delta_low.labels(domain, entry.name).set(delta.low)
             m.shadow_delta_high.labels(domain, entry.name).set(delta.high)
             m.shadow_evidence.labels(domain, entry.name).set(delta.n)
         _, general = self.evidence.scores(active)
-        m.shadow_score.labels(domain, GENERAL).set(estimate(general, c).mean)
+        m.shadow_score.labels(domain, GENERAL).set(estimate(general).mean)
 
-    async def apply_gate(self) -> frozenset[str]:
-        gw, c = self.gateway, self.settings.confidence
-        evidence = {}
+    def apply_gate(self) -> frozenset[str]:
+        """Route by the gates of the domains' active versions (after every item, and at once
+        when the registry changes: a new active version brings its own record)."""
+        gw = self.gateway
+        gates = {}
         for domain, name in gw.table.active.items():
             entry = gw.registry.get(name)
             if entry is not None:
-                evidence[domain] = self.evidence.delta(entry, c)
-        closed = gated_domains(evidence, gw.gated, self.rule) if self.settings.gate else frozenset()
+                gates[domain] = self.evidence.gate(entry)
+        closed = gated_domains(gates) if self.settings.gate else frozenset()
         for domain in closed - gw.gated:
-            logger.warning("quality gate closed for %s: adapter worse than general (delta %+.3f"
-                           ", %d samples)", domain, evidence[domain].mean, evidence[domain].n)
+            delta = gates[domain].evidence()
+            logger.warning("quality gate closed for %s: adapter worse than general (delta %+.3f,"
+                           " confidence sequence [%+.3f, %+.3f] over %d samples)", domain,
+                           delta.mean, delta.low, delta.high, delta.n)
+            self.metrics.quality_gate_changes.labels(domain, GateState.CLOSED.value).inc()
         for domain in gw.gated - closed:
             logger.info("quality gate open again for %s", domain)
+            self.metrics.quality_gate_changes.labels(domain, GateState.OPEN.value).inc()
         gw.gated = closed
         for domain in gw.table.domains:
             self.metrics.quality_gate_closed.labels(domain).set(1 if domain in closed else 0)
         return closed
 
     async def _maybe_promote(self, active: AdapterEntry, shadows: Sequence[AdapterEntry]) -> None:
-        c, need = self.settings.confidence, self.settings.min_samples
+        """Promote the first shadow version whose whole confidence sequence against the active
+        version is above zero (``min_samples`` pairs at least) and whose own gate is open."""
+        need = self.settings.min_samples
         for entry in shadows:
-            better = self.evidence.delta(entry, c, against_active=True)
-            vs_general = self.evidence.delta(entry, c)
-            if better.n >= need and better.above_zero and vs_general.mean >= 0:
-                logger.warning("auto-promoting %s v%d over %s v%d (delta %+.3f, %d samples)",
-                               entry.name, entry.version, active.name, active.version,
-                               better.mean, better.n)
+            better = self.evidence.against_active(entry, active)
+            if (better.n >= need and better.low > 0
+                    and self.evidence.gate(entry).state is GateState.OPEN):
+                logger.warning("auto-promoting %s v%d over %s v%d (delta %+.3f, confidence "
+                               "sequence [%+.3f, %+.3f] over %d samples)", entry.name,
+                               entry.version, active.name, active.version, better.mean,
+                               better.low, better.high, better.n)
                 await self.gateway.set_status(entry.name, AdapterStatus.ACTIVE)
                 return

@@ -68,21 +68,21 @@ async def test_budget_waits_while_user_traffic_is_busy() -> None:
 
 
 class Judge:
-    """The fake models' answers: `law-v1` picks the right option only once `good` is set; the
-    general model always does."""
+    """The fake models' answers: the general model picks the right option and `law-v1` the
+    wrong one, until `adapter_wins` swaps them."""
 
     def __init__(self, fake: FakeVllm) -> None:
         self.fake = fake
-        self.good = False
+        self.adapter_wins = False
 
     @property
-    def good(self) -> bool:
+    def adapter_wins(self) -> bool:
         return self.fake.answers["law-v1"] == "right"
 
-    @good.setter
-    def good(self, value: bool) -> None:
+    @adapter_wins.setter
+    def adapter_wins(self, value: bool) -> None:
         self.fake.answers.update({"law-v1": "right" if value else "wrong",
-                                  "SmolLM2-135M-Instruct": "right"})
+                                  "SmolLM2-135M-Instruct": "wrong" if value else "right"})
 
 
 @pytest.fixture
@@ -133,27 +133,54 @@ def ask_legal(client: TestClient) -> dict[str, str]:
     return dict(response.headers)
 
 
-def test_a_worse_adapter_is_gated_and_served_again_once_it_recovers(
+def test_a_worse_adapter_is_gated_and_served_again_once_it_shows_a_gain(
     shadow_client: TestClient, judge: Judge, metrics: Metrics, tmp_path: Path
 ) -> None:
     wait_for(lambda: quality(shadow_client)["gate"] == "closed", "the gate to close")
     state = quality(shadow_client)
-    assert state["samples"] >= 6 and state["delta"]["high"] < 0  # type: ignore[index]
+    assert state["verdict"] == "closed" and state["samples"] >= 6
+    assert state["delta"]["high"] < 0 and state["recovery"] is not None  # type: ignore[index]
     headers = ask_legal(shadow_client)
     assert headers["x-slm-route-reason"] == "quality_gate"
     assert headers["x-slm-adapter"] == "none" and headers["x-slm-quality-gate"] == "closed"
     assert metrics.quality_gate_closed.labels("legal")._value.get() == 1
+    assert metrics.quality_gate_changes.labels("legal", "closed")._value.get() == 1
 
-    judge.good = True  # a fixed adapter: its new scores pull the window's mean back up
+    # The scores swap (in production: the general model or the suite changed): the recovery
+    # sequence, fed only since the closure, lies above zero and reopens the gate.
+    judge.adapter_wins = True
     wait_for(lambda: quality(shadow_client)["gate"] == "open", "the gate to reopen")
+    state = quality(shadow_client)
+    assert state["delta"]["low"] > 0 and state["gate_changes"] == 2  # type: ignore[index]
     headers = ask_legal(shadow_client)
     assert headers["x-slm-route-reason"] == "explicit" and headers["x-slm-adapter"] == "law-v1"
     assert headers["x-slm-quality-gate"] == "open"
+    assert metrics.quality_gate_changes.labels("legal", "open")._value.get() == 1
 
     pairs = [json.loads(line) for line in (tmp_path / "pairs.jsonl").read_text().splitlines()]
     assert {p["source"] for p in pairs} == {"suite"}
     assert set(pairs[0]["variants"]) == {"SmolLM2-135M-Instruct", "law-v1"}
     assert len({p["pair_id"] for p in pairs}) == len(pairs)
+
+
+def test_a_new_version_of_a_gated_adapter_is_served_at_once_with_a_record_of_its_own(
+    shadow_client: TestClient, fake: FakeVllm, judge: Judge, adapter_root: Path
+) -> None:
+    wait_for(lambda: quality(shadow_client)["gate"] == "closed", "the gate to close")
+    fake.answers["law-v1"] = "right"  # the new weights answer as well as the general model
+    response = shadow_client.post("/admin/adapters", headers=ADMIN, json={
+        "name": "law-v1", "domain": "legal", "path": str(make_adapter_dir(adapter_root, "new")),
+        "status": "active"})
+    assert response.status_code == 200, response.text
+    state = quality(shadow_client)
+    assert state["version"] == 2 and state["gate"] == "open"
+    assert ask_legal(shadow_client)["x-slm-adapter"] == "law-v1"
+    # Its own record grows from zero; equal answers never close it (nor would they have
+    # reopened version 1: only a proven gain does).
+    wait_for(lambda: quality(shadow_client)["samples"] >= 20, "evidence on version 2")
+    state = quality(shadow_client)
+    assert state["gate"] == "open" and state["gate_changes"] == 0
+    assert state["delta"]["mean"] == 0.0  # type: ignore[index]
 
 
 @pytest.fixture
@@ -188,7 +215,9 @@ def test_without_auto_promote_a_better_shadow_version_only_shows_in_the_evidence
         def evidence() -> dict[str, object]:
             return quality(client)["shadow"]["law-v2"]  # type: ignore[index,no-any-return]
 
-        wait_for(lambda: (evidence()["vs_active"]["n"] or 0) >= 6, "shadow evidence")
+        # Twelve straight wins are the fewest that put a 95% sequence above zero: each stakes at
+        # most 3/4 of the capital at risk, 1.375^12 > 2 / 0.05 > 1.375^11.
+        wait_for(lambda: (evidence()["vs_active"]["n"] or 0) >= 12, "shadow evidence")
         assert evidence()["vs_active"]["low"] > 0  # type: ignore[index]
         assert ask_legal(client)["x-slm-adapter"] == "law-v1"  # still the active one
         assert quality(client)["gate"] == "open"  # gate: false never changes routing
