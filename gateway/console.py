@@ -20,6 +20,7 @@ import time
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import TYPE_CHECKING, Any
 
 from adapters.registry import AdapterStatus
@@ -141,7 +142,7 @@ def window_traffic(current: Snapshot, history: Sequence[Snapshot], window_s: flo
     points = [*inside, current] if inside else [current]
     series_t: list[float] = []
     series: dict[str, list[float]] = {d: [] for d in domains}
-    for before, after in zip(points, points[1:], strict=False):
+    for before, after in pairwise(points):
         dt = after.time - before.time
         series_t.append(round(after.time, 3))
         for domain in series:

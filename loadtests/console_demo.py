@@ -24,7 +24,7 @@ import httpx
 from gateway.app import create_app
 from gateway.proxy import Gateway
 from gateway.settings import Settings
-from loadtests.servers import ROOT, free_port, wait_ready
+from loadtests.servers import ROOT, free_port
 
 T = TypeVar("T")
 SUITE_RESULTS = ROOT / "results" / "suite.json"
@@ -137,7 +137,3 @@ def send_traffic(url: str, domains: Sequence[str], requests: int, *, seed: int =
         for status in pool.map(lambda m: one(m, client), models):
             statuses[str(status)] = statuses.get(str(status), 0) + 1
     return statuses
-
-
-def wait_for_upstream(url: str) -> None:
-    wait_ready(f"{url}/health", 30)

@@ -10,6 +10,7 @@ from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
 from gateway.app import create_app
+from gateway.cli import _banner
 from gateway.console import histogram_quantile, take_snapshot, window_traffic
 from gateway.metrics import Metrics
 from gateway.settings import ConsoleSettings, Settings
@@ -149,3 +150,11 @@ def test_state_reports_every_domain_traffic_replicas_and_engine(client: TestClie
                                   "resident": {"law-v1": 1}}]
     assert state["engine"]["served_model_name"] == "SmolLM2-135M-Instruct"
     assert state["shadow"] is None  # the evaluator is off in these settings
+
+
+def test_make_run_prints_the_console_url_next_to_the_curl_example() -> None:
+    banner = _banner(Settings())
+    assert "curl -s http://127.0.0.1:8000/v1/chat/completions" in banner
+    assert "Console: http://127.0.0.1:8000/ui/" in banner
+    guarded = _banner(Settings(admin_token=SecretStr(TOKEN)))
+    assert "asks for the admin token" in guarded and TOKEN not in guarded

@@ -278,7 +278,7 @@
     const dl = card.querySelector(".facts");
     dl.replaceChildren();
     const e = d.evidence;
-    if (e) {
+    if (e && e.samples > 0) {
       fact(dl, "score", `adapter ${num(e.score_adapter)} · general ${num(e.score_general)}`);
       const delta = e.delta;
       const interval = delta.low === null ? "" : ` [${signed(delta.low)}, ${signed(delta.high)}]`;
