@@ -183,9 +183,13 @@ class TrafficWindow:
 
     async def traffic(self) -> dict[str, Any]:
         history = list(self.ring)  # copied on the loop: the task appends to it
-        current = await self.snapshot()
-        return await asyncio.to_thread(window_traffic, current, history,
-                                       self.settings.window_s)
+        now = self.clock()
+
+        def compute() -> dict[str, Any]:
+            current = take_snapshot(self.metrics, now)
+            return window_traffic(current, history, self.settings.window_s)
+
+        return await asyncio.to_thread(compute)
 
 
 def engine_info(settings: Settings) -> dict[str, Any]:
