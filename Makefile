@@ -15,7 +15,8 @@ TORCH_INDEX ?=
 TORCH_PIP_ARGS := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX),)
 PYTEST_ARGS ?=
 
-.PHONY: run test test-unit test-e2e lint venv bench bench-deps bench-gate bench-vllm loadtest clean system-deps
+.PHONY: run test test-unit test-e2e lint venv bench bench-deps bench-gate bench-vllm loadtest clean \
+	system-deps screenshots
 
 venv: $(STAMP)
 
@@ -38,13 +39,18 @@ $(STAMP): pyproject.toml Makefile $(CONSTRAINTS)
 	@echo ">>> environment ready in $(VENV)"
 
 # Debian packages the tests use: a real Prometheus (tests/e2e/test_prometheus.py scrapes the
-# gateway with it and runs every dashboard and rule query). Installed only when missing.
+# gateway with it and runs every dashboard and rule query) and Chromium (tests/browser drive the
+# console in it through Playwright; `make screenshots` too). Installed only when missing.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 system-deps:
 	@command -v prometheus >/dev/null 2>&1 || { \
 	  echo ">>> installing prometheus (Debian package)"; \
 	  $(SUDO) apt-get update -q && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends prometheus; }
+	@[ -x /usr/bin/chromium ] || { \
+	  echo ">>> installing chromium (Debian package)"; \
+	  $(SUDO) apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends chromium; }
 
 run: $(STAMP)
 	$(BIN)/slm-gateway run
@@ -52,7 +58,7 @@ run: $(STAMP)
 test: $(STAMP) lint system-deps
 	$(BIN)/python -m pytest -q -ra $(PYTEST_ARGS)
 
-test-unit: $(STAMP)
+test-unit: $(STAMP) system-deps
 	$(BIN)/python -m pytest -q -ra -m "not e2e" $(PYTEST_ARGS)
 
 test-e2e: $(STAMP) system-deps
@@ -107,6 +113,13 @@ bench-vllm: $(STAMP)
 LOADTEST_ARGS ?=
 loadtest: $(STAMP)
 	$(BIN)/python -m loadtests.slo_gate $(LOADTEST_ARGS)
+
+# docs/console.png: the operator console of a demo gateway (fake upstream, the suite run's
+# evidence replayed, synthetic traffic). Of a running gateway instead:
+#   SLM_GATEWAY_ADMIN_TOKEN=... make screenshots SCREENSHOT_ARGS="--url http://127.0.0.1:8000"
+SCREENSHOT_ARGS ?=
+screenshots: $(STAMP) system-deps
+	$(BIN)/python -m loadtests.screenshots $(SCREENSHOT_ARGS)
 
 clean:
 	rm -rf $(VENV) .cache var

@@ -16,9 +16,10 @@ from adapters.corpus import DomainItem
 from adapters.lifecycle import AdapterManager
 from adapters.registry import Registry, load_manifest
 from adapters.suite import suite_items
-from gateway.api import admin, health, openai
+from gateway.api import admin, console, health, openai
 from gateway.api.guard import Guard
 from gateway.classify import ClassifierService
+from gateway.console import TrafficWindow
 from gateway.engine import EngineSupervisor
 from gateway.errors import install_error_handlers
 from gateway.limits import Admission, KeyRing, RateLimiter
@@ -151,6 +152,9 @@ def create_app(
                     tasks.append(asyncio.create_task(engine.run(), name="engine-supervisor"))
             if gateway.shadow is not None:
                 tasks.append(asyncio.create_task(gateway.shadow.run(), name="shadow-evaluator"))
+            if settings.console.enabled:
+                window = app.state.console_window = TrafficWindow(metrics, settings.console)
+                tasks.append(asyncio.create_task(window.run(), name="console-snapshots"))
             try:
                 yield
             finally:
@@ -174,4 +178,6 @@ def create_app(
     app.include_router(openai.router)
     app.include_router(health.router)
     app.include_router(admin.router)
+    if settings.console.enabled:
+        console.install(app)
     return app

@@ -51,6 +51,13 @@ def _banner(settings: Settings, engine: object = None) -> str:
             if settings.api_keys or settings.api_key_hashes else "")
     warning = ("" if auth else "WARNING: no API keys configured (SLM_GATEWAY_API_KEYS): the API "
                "is open to anyone who can reach it.\n")
+    # Who may read the console: see gateway/api/console.py.
+    if settings.admin_token is not None:
+        console_note = "  (asks for the admin token)"
+    elif auth:
+        console_note = "  (off until SLM_GATEWAY_ADMIN_TOKEN is set)"
+    else:
+        console_note = ""
     return warning + (
         f"\nslm-gateway is listening on {url}  (OpenAI base URL: {url}/v1)\n"
         "Try:\n"
@@ -58,6 +65,7 @@ def _banner(settings: Settings, engine: object = None) -> str:
         "    -d '{\"model\": \"auto\", \"messages\": [{\"role\": \"user\", "
         "\"content\": \"What is the capital of France?\"}], \"max_tokens\": 32}'\n"
         f"Models: curl -s {url}/v1/models   Metrics: {url}/metrics   Stop: Ctrl-C\n"
+        + (f"Console: {url}/ui/{console_note}\n" if settings.console.enabled else "")
         + (f"Engine: {engine}\n" if engine else "")
     )
 

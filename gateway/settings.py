@@ -214,6 +214,19 @@ class LimitSettings(BaseModel):
     unknown_fields: Literal["forward", "reject"] = "forward"
 
 
+class ConsoleSettings(BaseModel):
+    """The operator console at /ui/ (read-only; see gateway/api/console.py for who may see it)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    refresh_s: float = Field(default=5.0, gt=0)  # how often the page polls /ui/api/state
+    # Traffic and latency are shown over the last `window_s`, from snapshots of the gateway's own
+    # histograms taken every `snapshot_interval_s` (also the traffic chart's resolution).
+    window_s: float = Field(default=300.0, gt=0)
+    snapshot_interval_s: float = Field(default=10.0, gt=0)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="SLM_GATEWAY_",
@@ -245,6 +258,7 @@ class Settings(BaseSettings):
     adapters: AdapterSettings = AdapterSettings()
     shadow: ShadowSettings = ShadowSettings()
     limits: LimitSettings = LimitSettings()
+    console: ConsoleSettings = ConsoleSettings()
 
     @field_validator("api_keys", "api_key_hashes", mode="before")
     @classmethod

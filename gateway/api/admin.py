@@ -27,21 +27,26 @@ from gateway.limits import token_matches
 from gateway.proxy import Gateway
 
 
-async def require_admin(request: Request) -> None:
-    gateway: Gateway = request.app.state.gateway
+def check_admin_token(gateway: Gateway, authorization: str, what: str = "the admin API"
+                      ) -> None:
+    """Raises unless ``authorization`` is ``Bearer <the configured admin token>``."""
     token = gateway.settings.admin_token
     if token is None:
         raise PermissionDeniedError(
-            "The admin API is disabled: set SLM_GATEWAY_ADMIN_TOKEN to enable it."
+            f"{what[0].upper()}{what[1:]} is disabled: set SLM_GATEWAY_ADMIN_TOKEN to enable it."
         )
-    authorization = request.headers.get("authorization", "")
     scheme, _, given = authorization.partition(" ")
     if scheme.lower() == "bearer" and token_matches(given, token.get_secret_value()):
         return
     if not gateway.keys.open and gateway.keys.identify(authorization) is not None:
-        raise PermissionDeniedError("This API key may not use the admin API; use the admin "
-                                    "token.", code="admin_token_required")
+        raise PermissionDeniedError(f"This API key may not use {what}; use the admin token.",
+                                    code="admin_token_required")
     raise AuthenticationError("A valid admin token is required (Authorization: Bearer ...).")
+
+
+async def require_admin(request: Request) -> None:
+    gateway: Gateway = request.app.state.gateway
+    check_admin_token(gateway, request.headers.get("authorization", ""))
 
 router = APIRouter(prefix="/admin", dependencies=[Depends(require_admin)],
                    responses=ERROR_RESPONSES)

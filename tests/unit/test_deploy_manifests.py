@@ -7,6 +7,9 @@ developed or tested, so nothing here builds an image or applies a manifest.
 - deploy/docker-compose.yml against the Compose specification's JSON schema, as vendored by
   `check-jsonschema`.
 - The Dockerfile, parsed by `dockerfile-parse`: variants, non-root user, COPY sources.
+- The Grafana dashboards against Grafana's dashboard schema as `grafana-foundation-sdk` models it
+  (generated from Grafana's own schemas, pinned to the Grafana version Compose runs): every field
+  name at every level must be one the schema knows (values are not type-checked).
 - Consistency between the files and the code: mounted files exist, ports agree, the vLLM command
   is the one `slm-gateway run` builds, environment variables name real settings.
 """
@@ -333,6 +336,55 @@ def test_compose_grafana_mounts_match_its_provisioning_files() -> None:
         used = {p["datasource"]["uid"] for p in json.loads(dashboard.read_text())["panels"]
                 if p.get("datasource")}
         assert used <= uids, f"{dashboard.name} uses unprovisioned datasources {used - uids}"
+
+
+def _schema_round_trip(dashboard: dict[str, Any]) -> list[str]:
+    """Field paths of ``dashboard`` that do not survive decoding into the foundation SDK's
+    dashboard model and encoding back: fields Grafana's schema does not know (the SDK drops
+    them), or values it reads differently. Panel options, field configs and Prometheus targets
+    are decoded by their plugin's model (registered first)."""
+    from grafana_foundation_sdk.cog.encoder import JSONEncoder
+    from grafana_foundation_sdk.cog.plugins import register_default_plugins
+    from grafana_foundation_sdk.models.dashboard import Dashboard
+
+    register_default_plugins()
+    back = json.loads(JSONEncoder().encode(Dashboard.from_json(dashboard)))
+
+    def lost(ours: Any, theirs: Any, path: str) -> list[str]:
+        if isinstance(ours, dict) and isinstance(theirs, dict):
+            return [p for k, v in ours.items()
+                    for p in ([f"{path}.{k}"] if k not in theirs
+                              else lost(v, theirs[k], f"{path}.{k}"))]
+        if isinstance(ours, list) and isinstance(theirs, list) and len(ours) == len(theirs):
+            return [p for i, (a, b) in enumerate(zip(ours, theirs, strict=True))
+                    for p in lost(a, b, f"{path}[{i}]")]
+        return [] if ours == theirs else [path]
+
+    return lost(dashboard, back, "")
+
+
+def test_dashboards_use_only_fields_grafanas_schema_knows() -> None:
+    from importlib.metadata import version
+
+    sdk = version("grafana-foundation-sdk").split("!")[-1]  # "<build epoch>!<grafana version>"
+    assert service("grafana")["image"] == f"grafana/grafana:{sdk}", (
+        "pin grafana-foundation-sdk to the Grafana version docker-compose.yml runs")
+    dashboards = sorted((DEPLOY / "grafana" / "dashboards").glob("*.json"))
+    assert dashboards
+    for path in dashboards:
+        assert _schema_round_trip(json.loads(path.read_text())) == [], path.name
+
+
+def test_the_dashboard_schema_check_catches_misspelled_fields() -> None:
+    dashboard = json.loads((DEPLOY / "grafana" / "dashboards" / "slm-gateway.json").read_text())
+    index, panel = next((i, p) for i, p in enumerate(dashboard["panels"])
+                        if p["type"] == "timeseries")
+    panel["gridPos"]["wdith"] = 3
+    panel["targets"][0]["exrp"] = "up"
+    panel.setdefault("options", {})["legnd"] = {}
+    assert sorted(_schema_round_trip(dashboard)) == [
+        f".panels[{index}].gridPos.wdith", f".panels[{index}].options.legnd",
+        f".panels[{index}].targets[0].exrp"]
 
 
 def test_compose_services_restart_and_wait_for_healthy_dependencies() -> None:
