@@ -283,7 +283,8 @@ class EngineSupervisor:
     def info(self) -> dict[str, object]:
         plan = self.engine.plan.info() if self.engine.plan else {
             "description": self.engine.description}
-        return {**plan, "state": self.state, "restarts": self.restarts, "url": self.engine.url}
+        return {**plan, "state": self.state, "restarts": self.restarts, "url": self.engine.url,
+                "pid": getattr(self.engine, "pid", None)}
 
     async def run(self) -> None:
         failures = 0
