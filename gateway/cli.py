@@ -76,17 +76,21 @@ def _ensure_port_free(host: str, port: int, setting: str) -> None:
             raise SystemExit(f"error: {host}:{port} is already in use (set {setting})")
 
 
-def _exit_on_sigterm() -> None:
-    """SIGTERM raises SystemExit, so every ``finally`` (stop vLLM, the classifier worker) runs.
+def _install_stop_signals() -> None:
+    """SIGTERM raises SystemExit and SIGINT KeyboardInterrupt, whatever was inherited, so every
+    ``finally`` (stop vLLM, the classifier worker) runs.
 
-    uvicorn handles SIGTERM while serving and, once shut down, raises it again with the
-    handler that was there before it started: without this one, the default handler, which
-    ends the process on the spot and left the classifier worker and vLLM running.
+    uvicorn handles both while serving and, once shut down, raises the signal again with the
+    handler that was there before it started: for SIGTERM that was the default handler, which
+    ends the process on the spot and left the classifier worker and vLLM running. A process
+    started in the background by a shell inherits SIGINT *ignored*, and Python then installs no
+    KeyboardInterrupt handler: Ctrl-C/SIGINT during start-up (waiting for vLLM) did nothing.
     """
-    def handler(signum: int, frame: object) -> None:
+    def on_sigterm(signum: int, frame: object) -> None:
         raise SystemExit(128 + signum)
 
-    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGTERM, on_sigterm)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _serve(settings: Settings, engine: EngineSupervisor | None = None) -> None:
@@ -171,7 +175,7 @@ def cmd_hash_key(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    _exit_on_sigterm()
+    _install_stop_signals()
     settings = load_settings(args.config)
     _setup_logging(settings.log_level)
     _serve(settings)
@@ -183,7 +187,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from adapters.registry import load_manifest, trained_on_other_bases
     from gateway.engine import EmbeddedEngine, EngineStartError, EngineSupervisor, plan_engine
 
-    _exit_on_sigterm()
+    _install_stop_signals()
     settings = load_settings(args.config)
     _setup_logging(settings.log_level)
     engine_settings = settings.engine
