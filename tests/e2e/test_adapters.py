@@ -66,7 +66,7 @@ def cluster(vllm: Vllm, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cl
     if not PUBLISHED_MANIFEST.is_file():
         pytest.fail(f"{PUBLISHED_MANIFEST} is missing: run "
                     "`slm-gateway adapters train --domain all`")
-    second = EmbeddedEngine(
+    second = EmbeddedEngine.for_this_machine(
         EngineSettings(port=free_port(), max_loras=2, max_cpu_loras=CAPACITY,
                        log_file=LOGS / "e2e-vllm-r1.log", startup_timeout_s=300),
         vllm.base_path, BASE_NAME,
