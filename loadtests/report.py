@@ -322,8 +322,8 @@ def engine_section(data: dict[str, Any] | None) -> list[str]:
             f"{row['base_ttft_ms']:.0f} | {row['adapter_ttft_ms']:.0f} | "
             f"{row['base_8way_tokens_per_s']:.0f} | {row['adapter_8way_tokens_per_s']:.0f} | "
             f"{row['answer_perplexity']:.3f} | {row['ready_s']:.0f} |")
-    lines += ["", "Plain transformers `generate` on the bf16 base checkpoint (the dense weights the "
-              "fallback GEMM computes with), 2 threads, same prompt:", "",
+    lines += ["", "Plain transformers `generate` on the bf16 base checkpoint (the dense weights "
+              "the fallback GEMM computes with), 2 threads, same prompt:", "",
               "| dtype | ATen dispatch | prefill ms | decode ms/tok |", "|---|---|---|---|"]
     for ref in data["references"]:
         lines.append(f"| {ref['dtype']} | {ref['isa']} | {ref['prefill_ms']:.0f} | "
@@ -345,7 +345,7 @@ def engine_section(data: dict[str, Any] | None) -> list[str]:
             f"- **{row['config']['name']}**: base decode {decode:.2f}x transformers (target "
             f"<= 1.2), adapter decode {adapter:.2f}x base (target <= 1.5), first token "
             f"{first:.2f}x transformers' prefill (target <= 2).")
-    return lines + [""]
+    return [*lines, ""]
 
 
 def render(results: Path) -> str:
