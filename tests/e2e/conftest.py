@@ -104,6 +104,7 @@ def vllm(base_model: Path) -> Iterator[Vllm]:
         max_cpu_loras=4,
         log_file=LOGS / "e2e-vllm.log",
         startup_timeout_s=300,
+        responses_store=True,  # previous_response_id (test_responses)
     )
     engine = EmbeddedEngine(settings, base_model, BASE_NAME)
     engine.start()
