@@ -171,7 +171,7 @@ def responses_events(response_id: str, request: dict[str, Any], words: list[str]
 def response_not_found(response_id: str) -> dict[str, Any]:
     """vLLM's answer (HTTP 404) to a previous_response_id it does not hold."""
     return {"error": {"message": f"Response with id '{response_id}' not found.",
-                      "type": "NotFoundError", "param": None, "code": 404}}
+                      "type": "invalid_request_error", "param": "response_id", "code": 404}}
 
 
 async def _respond(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]
