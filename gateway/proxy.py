@@ -429,8 +429,7 @@ class Gateway:
                 finish_here = False
                 status = 200
                 replica.breaker.succeeded()
-                return self._stream(upstream, attempt, first_token_deadline, deadline,
-                                    responses=isinstance(body, ResponsesRequest))
+                return self._stream(upstream, attempt, first_token_deadline, deadline, body)
 
             async with asyncio.timeout_at(deadline):
                 upstream = await _unless_disconnected(
@@ -442,7 +441,8 @@ class Gateway:
             status = 200
             replica.breaker.succeeded()
             if isinstance(body, ResponsesRequest):
-                response_id = stored_response_id(upstream.content)
+                response_id = stored_response_id(upstream.content,
+                                                 requested=body.store is not False)
                 if response_id is not None:
                     self.responses.remember(response_id, replica.url)
             return Response(
@@ -487,16 +487,16 @@ class Gateway:
         attempt: _Attempt,
         first_token_deadline: float,
         deadline: float,
-        *,
-        responses: bool = False,
+        body: OpenAIRequest,
     ) -> Response:
         """Relay the stream; a Responses stream is also watched for the id it stores and ends,
         on error, with the Responses API's error event."""
         replica, labels = attempt.replica, attempt.labels
         watcher = None
-        if responses:
+        if isinstance(body, ResponsesRequest):
             watcher = ResponseStreamWatcher(
-                functools.partial(self.responses.remember, replica_url=replica.url))
+                functools.partial(self.responses.remember, replica_url=replica.url),
+                requested=body.store is not False)
 
         def first_chunk() -> None:
             self.metrics.time_to_first_token.labels(*labels).observe(

@@ -2,9 +2,12 @@
 
 vLLM keeps stored responses in the memory of the replica that made them (and only with
 ``VLLM_ENABLE_RESPONSES_API_STORE=1``), so a request naming ``previous_response_id`` must go to
-that replica. The gateway learns the owner from the answer itself: the JSON's ``id`` and
-``store``, or, in a stream, the ``response.created`` event (id, store) and the
-``response.completed`` event (stored now: vLLM stores before it sends that event).
+that replica. The gateway learns the owner from the answer itself: the JSON's ``id``, or, in a
+stream, the ``response.created`` event (the id) and the ``response.completed`` event (stored
+now: vLLM stores before it sends that event). vLLM 0.32's answers carry no ``store`` field, so
+a response counts as stored unless the request said ``store: false`` or the answer does (as
+OpenAI's do); when the engine did not store it after all, the follow-up's 404 from the replica
+becomes the same 400 as an unknown id.
 
 ``ResponseDirectory`` is the seam for several gateway instances: an implementation over the
 shared state backend can replace :class:`LocalResponseDirectory` without touching the proxy.
@@ -56,17 +59,18 @@ class LocalResponseDirectory:
         self._owners.pop(response_id, None)
 
 
-def stored_response_id(content: bytes) -> str | None:
-    """The id of a non-streamed Responses answer if the upstream stored it, else None."""
+def stored_response_id(content: bytes, *, requested: bool = True) -> str | None:
+    """The id of a non-streamed Responses answer if the upstream stored it, else None.
+    ``requested``: whether the request asked to store (its ``store`` was not false)."""
     try:
         data = json.loads(content)
     except ValueError:
         return None
-    return _stored_id(data)
+    return _stored_id(data, requested)
 
 
-def _stored_id(response: Any) -> str | None:
-    if not isinstance(response, dict) or response.get("store") is not True:
+def _stored_id(response: Any, requested: bool) -> str | None:
+    if not isinstance(response, dict) or response.get("store", requested) is not True:
         return None
     response_id = response.get("id")
     return response_id if isinstance(response_id, str) and response_id else None
@@ -81,8 +85,9 @@ class ResponseStreamWatcher:
     ``on_stored(id)``), and how many events went by, the ``sequence_number`` an error event of
     the gateway's own must carry."""
 
-    def __init__(self, on_stored: Callable[[str], None]) -> None:
+    def __init__(self, on_stored: Callable[[str], None], *, requested: bool = True) -> None:
         self._on_stored = on_stored
+        self._requested = requested
         self.events = 0
         self._event = b""
         self._partial = b""
@@ -111,7 +116,7 @@ class ResponseStreamWatcher:
         except ValueError:
             return
         if isinstance(event, dict):
-            self._response_id = _stored_id(event.get("response"))
+            self._response_id = _stored_id(event.get("response"), self._requested)
 
     def error_frame(self, exc: GatewayError) -> bytes:
         return responses_sse_error_frame(exc, self.events)

@@ -104,20 +104,21 @@ class FakeUpstream:
                 self.stored.popitem(last=False)
         words = ["fake "] * self.chunks
         if not request.get("stream"):
-            answer = responses_answer(response_id, request, "".join(words), store=store)
+            answer = responses_answer(response_id, request, "".join(words))
             await _respond(send, 200, json.dumps(answer).encode(), _JSON)
             return
         await send({"type": "http.response.start", "status": 200, "headers": _SSE})
-        for i, event in enumerate(responses_events(response_id, request, words, store=store)):
+        for i, event in enumerate(responses_events(response_id, request, words)):
             if i > 4 and self.chunk_delay_s:  # between deltas only, like tokens
                 await asyncio.sleep(self.chunk_delay_s)
             await send({"type": "http.response.body", "body": event, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
-def responses_answer(response_id: str, request: dict[str, Any], text: str, *, store: bool,
-                     status: str = "completed") -> dict[str, Any]:
-    """A Responses API answer shaped like vLLM 0.32's (the fields the SDK reads, and a few)."""
+def responses_answer(response_id: str, request: dict[str, Any], text: str, *,
+                     store: bool | None = None, status: str = "completed") -> dict[str, Any]:
+    """A Responses API answer shaped like vLLM 0.32's (the fields the SDK reads, and a few).
+    vLLM's has no ``store`` field; ``store`` adds one, as OpenAI's answers have."""
     output = [] if status == "in_progress" else [{
         "id": f"msg_{response_id}", "type": "message", "role": "assistant", "status": "completed",
         "content": [{"type": "output_text", "text": text, "annotations": [], "logprobs": None}],
@@ -126,7 +127,7 @@ def responses_answer(response_id: str, request: dict[str, Any], text: str, *, st
     return {
         "id": response_id, "object": "response", "created_at": 0, "model": request.get("model"),
         "status": status, "output": output, "instructions": request.get("instructions"),
-        "previous_response_id": request.get("previous_response_id"), "store": store,
+        "previous_response_id": request.get("previous_response_id"),
         "max_output_tokens": request.get("max_output_tokens"), "parallel_tool_calls": True,
         "temperature": request.get("temperature", 1.0), "top_p": 1.0, "tool_choice": "auto",
         "tools": [], "truncation": "disabled", "text": None, "metadata": None, "error": None,
@@ -135,11 +136,12 @@ def responses_answer(response_id: str, request: dict[str, Any], text: str, *, st
             "input_tokens": 8, "output_tokens": words, "total_tokens": 8 + words,
             "input_tokens_details": {"cached_tokens": 0},
             "output_tokens_details": {"reasoning_tokens": 0}},
+        **({} if store is None else {"store": store}),
     }
 
 
 def responses_events(response_id: str, request: dict[str, Any], words: list[str], *,
-                     store: bool) -> Iterator[bytes]:
+                     store: bool | None = None) -> Iterator[bytes]:
     """vLLM's event sequence for a plain text answer: created, in_progress, item and part
     added, one output_text.delta per word, the matching done events, completed."""
     item_id = f"msg_{response_id}"

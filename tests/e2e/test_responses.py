@@ -90,9 +90,10 @@ def test_previous_response_id_goes_to_the_replica_that_stored_it(
             running_gateway(config, tmp_path, "e2e-gateway-responses.log") as url:
         oai = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=120)
 
-        def create(**extra: object) -> openai.types.responses.Response:
-            return oai.responses.create(model="base", input="Name a colour.",
-                                        max_output_tokens=8, temperature=0, **extra)  # type: ignore[call-overload]
+        def create(text: str = "Name a colour.", **extra: object
+                   ) -> openai.types.responses.Response:
+            return oai.responses.create(model="base", input=text, max_output_tokens=8,
+                                        temperature=0, **extra)  # type: ignore[call-overload]
 
         on_fake = create()  # both idle: r0, the fake
         assert on_fake.id.startswith("resp_fake")
@@ -111,7 +112,7 @@ def test_previous_response_id_goes_to_the_replica_that_stored_it(
         assert follow_fake.previous_response_id == on_fake.id
         # Both idle again, so placement alone would pick the fake: it must go to vLLM, which
         # answers with the earlier turn in its context.
-        follow_vllm = create(previous_response_id=on_vllm.id, input="And another one.")
+        follow_vllm = create("And another one.", previous_response_id=on_vllm.id)
         assert not follow_vllm.id.startswith("resp_fake")
         assert follow_vllm.previous_response_id == on_vllm.id
         # An id no replica stored: a clear 400, not a 404 from whichever replica was tried.

@@ -29,7 +29,7 @@ class FakeVllm:
     # What each model answers (non-streaming); others say "Hello there".
     answers: dict[str, str] = field(default_factory=dict)
     # Responses API: ids this replica stored (vLLM with VLLM_ENABLE_RESPONSES_API_STORE=1;
-    # False: like vLLM without it, every answer says store=false).
+    # False: like vLLM without it, which stores nothing and says nothing about it).
     store_responses: bool = True
     stored: list[str] = field(default_factory=list)
 
@@ -99,11 +99,10 @@ class FakeVllm:
             self.stored.append(response_id)
         if not body.get("stream"):
             text = self.answers.get(model, "Hello there")
-            return httpx.Response(200, json=responses_answer(response_id, body, text,
-                                                             store=store))
+            return httpx.Response(200, json=responses_answer(response_id, body, text))
 
         async def events() -> AsyncIterator[bytes]:
-            for event in responses_events(response_id, body, ["Hello", " there"], store=store):
+            for event in responses_events(response_id, body, ["Hello", " there"]):
                 yield event
 
         return httpx.Response(200, headers={"content-type": "text/event-stream"},

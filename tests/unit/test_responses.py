@@ -156,7 +156,7 @@ def test_a_stream_cut_after_it_started_ends_with_a_responses_error_event(
     client: TestClient, fleet: Fleet
 ) -> None:
     async def cut() -> AsyncIterator[bytes]:
-        for i, event in enumerate(responses_events("resp_x", {}, ["a", "b", "c"], store=True)):
+        for i, event in enumerate(responses_events("resp_x", {}, ["a", "b", "c"])):
             if i == 5:
                 raise httpx.ReadError("connection reset by peer")
             yield event
@@ -184,7 +184,7 @@ def test_the_openai_sdk_reads_the_stream_and_raises_the_error_event(
     assert final.output_text == "Hello there" and final.status == "completed"
 
     async def failing() -> AsyncIterator[bytes]:
-        yield next(responses_events("resp_x", {}, [], store=True))
+        yield next(responses_events("resp_x", {}, []))
         raise httpx.ReadError("connection reset by peer")
 
     fleet.replicas["a"].on_completion = lambda request, body: httpx.Response(
@@ -247,9 +247,11 @@ def test_an_engine_that_does_not_store_responses_gets_clear_400s_for_follow_ups(
     for replica in fleet.replicas.values():
         replica.store_responses = False  # vLLM without VLLM_ENABLE_RESPONSES_API_STORE
     first = client.post(RESPONSES, json=ask()).json()
-    assert first["store"] is False
+    assert "store" not in first  # vLLM 0.32 does not say: the gateway assumes it stored
     response = client.post(RESPONSES, json=ask(previous_response_id=first["id"]))
+    assert response.status_code == 400
     assert response.json()["error"]["code"] == "previous_response_not_found"
+    assert gateway_of(client).responses.owner(first["id"]) is None
 
 
 def test_a_response_its_replica_lost_is_a_400_and_forgotten(
@@ -290,7 +292,7 @@ def test_the_directory_keeps_the_most_recently_used_ids() -> None:
 
 
 def test_the_watcher_finds_the_stored_id_however_the_stream_is_cut_into_chunks() -> None:
-    stream = b"".join(responses_events("resp_1", {}, ["a", "b"], store=True))
+    stream = b"".join(responses_events("resp_1", {}, ["a", "b"]))
     for size in (1, 7, 64, len(stream)):
         stored: list[str] = []
         watcher = ResponseStreamWatcher(stored.append)
@@ -302,10 +304,12 @@ def test_the_watcher_finds_the_stored_id_however_the_stream_is_cut_into_chunks()
 
 def test_the_watcher_remembers_nothing_for_an_unstored_or_unfinished_response() -> None:
     stored: list[str] = []
-    watcher = ResponseStreamWatcher(stored.append)
-    watcher.feed(b"".join(responses_events("resp_1", {}, ["a"], store=False)))
+    said_so = ResponseStreamWatcher(stored.append)  # the answer says store: false (OpenAI)
+    said_so.feed(b"".join(responses_events("resp_1", {}, ["a"], store=False)))
+    not_asked = ResponseStreamWatcher(stored.append, requested=False)  # vLLM's: no store field
+    not_asked.feed(b"".join(responses_events("resp_3", {}, ["a"])))
     unfinished = ResponseStreamWatcher(stored.append)
-    unfinished.feed(b"".join(list(responses_events("resp_2", {}, ["a"], store=True))[:-1]))
+    unfinished.feed(b"".join(list(responses_events("resp_2", {}, ["a"]))[:-1]))
     assert stored == []
 
 
