@@ -25,6 +25,7 @@ from gateway.errors import install_error_handlers
 from gateway.limits import Admission, KeyRing, RateLimiter
 from gateway.metrics import ENDPOINT_LABELS, NONE, Metrics
 from gateway.proxy import Gateway
+from gateway.responses import LocalResponseDirectory
 from gateway.settings import Settings
 from gateway.shadow import ShadowEvaluator
 from gateway.upstream import ReplicaPool
@@ -120,6 +121,7 @@ def create_app(
                 metrics=metrics,
                 classifier=service,
                 keys=keys,
+                responses=LocalResponseDirectory(up.response_owners),
                 limiter=RateLimiter(caps.requests_per_minute, caps.tokens_per_minute),
                 admission=Admission(caps.max_in_flight, caps.max_queue, caps.queue_timeout_s),
             )
