@@ -206,8 +206,12 @@ def lora_linear_one_adapter(y: Any, x: Any, lora_a_stacked: Any, lora_b_stacked:
 
 
 def _install_one_adapter_fast_path() -> None:
+    import os
+
     from vllm.lora.punica_wrapper import punica_cpu
 
+    if os.environ.get("SLM_GATEWAY_LORA_FAST_PATH", "1") == "0":  # benchmarks: vLLM's own path
+        return
     wrapper = punica_cpu.PunicaWrapperCPU
     if getattr(wrapper.add_lora_linear, _PATCHED, False):
         return
