@@ -129,7 +129,8 @@ def _conversation_bodies(texts: list[str], turns: int = 3, block: int = 64) -> I
     """Chats of up to ``turns`` user turns, every turn a new text. Requests go out a block of
     chats at a time, first turns first, so a chat's next request usually starts after its
     previous one was answered (as in a real chat)."""
-    source = (f"{t} (request {n})" for n, t in enumerate(itertools.cycle(texts)))
+    # Not the texts auto-unique sends ("(request n)"): those are in the cache by now.
+    source = (f"{t} (chat turn {n})" for n, t in enumerate(itertools.cycle(texts)))
     while True:
         chats = [[next(source) for _ in range(turns)] for _ in range(block)]
         for length in range(1, turns + 1):
