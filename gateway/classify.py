@@ -1,10 +1,13 @@
 """Classification for `auto` requests without blocking the event loop.
 
-Cache hits are answered on the loop (a hash lookup). Everything else joins a queue; one worker
-task hands whatever has gathered (up to ``max_batch`` texts) to the classifier worker process
-(or, without one, a thread) in a single call, so concurrent requests cost one hop and one
-vectorised pass instead of one each. The MiniLM
-stage runs only while its CPU budget (:class:`router.classifier.FullStageBudget`) allows.
+A request is classified by its conversation (``router/conversation.py``): each user turn has
+its own scores, cached by text, and the classifier resolves them into one answer. Turns in the
+cache are answered on the loop (a hash lookup; in a live chat the earlier turns always are: the
+previous request classified them). Every other turn joins a queue; one worker task hands
+whatever has gathered (up to ``max_batch`` texts) to the classifier worker process (or, without
+one, a thread) in a single call, so concurrent requests cost one hop and one vectorised pass
+instead of one each. The MiniLM stage runs only while its CPU budget
+(:class:`router.classifier.FullStageBudget`) allows.
 """
 
 from __future__ import annotations
@@ -13,14 +16,17 @@ import asyncio
 import logging
 import time
 from collections import deque
+from collections.abc import Sequence
 from concurrent.futures import Executor
 
 from gateway.metrics import NONE, Metrics
 from router import worker
-from router.classifier import BatchClassifier, BatchResult, FullStageBudget
+from router.classifier import BatchClassifier, BatchResult, FullStageBudget, TurnScores
 from router.policy import Classification
 
 logger = logging.getLogger(__name__)
+
+_STAGE_COST = {"cache": 0, "fast": 1, "full": 2}
 
 
 class ClassifierService:
@@ -42,22 +48,33 @@ class ClassifierService:
         self.max_batch = max_batch
         self.max_full = max_full
         self.budget = budget
-        self._queue: deque[tuple[str, asyncio.Future[tuple[Classification, str]]]] = deque()
+        self._queue: deque[tuple[str, asyncio.Future[tuple[TurnScores, str]]]] = deque()
         self._worker: asyncio.Task[None] | None = None
 
     async def classify(self, text: str) -> Classification:
+        """One text, as a conversation of one user turn."""
+        return await self.classify_turns([text])
+
+    async def classify_turns(self, turns: Sequence[str]) -> Classification:
+        """A conversation's user turns, oldest first (``router.conversation.user_turns``)."""
         started = time.perf_counter()
-        hit = self.classifier.cached(text)
-        if hit is not None:
-            result, stage = hit, "cache"
-        else:
-            future: asyncio.Future[tuple[Classification, str]] = (
-                asyncio.get_running_loop().create_future()
-            )
-            self._queue.append((text, future))
+        turns = list(turns) or [""]  # nothing to classify: the classifier says general
+        scores: list[TurnScores | None] = [self.classifier.cached_scores(t) for t in turns]
+        stage = "cache"
+        missing = [i for i, s in enumerate(scores) if s is None]
+        if missing:
+            loop = asyncio.get_running_loop()
+            futures: list[asyncio.Future[tuple[TurnScores, str]]] = []
+            for i in missing:
+                future: asyncio.Future[tuple[TurnScores, str]] = loop.create_future()
+                self._queue.append((turns[i], future))
+                futures.append(future)
             if self._worker is None or self._worker.done():
                 self._worker = asyncio.create_task(self._drain(), name="classifier")
-            result, stage = await future
+            for i, (score, turn_stage) in zip(missing, await asyncio.gather(*futures), strict=True):
+                scores[i] = score
+                stage = max(stage, turn_stage, key=_STAGE_COST.__getitem__)
+        result = self.classifier.resolve(scores)
         self.metrics.classification_duration.labels(stage).observe(time.perf_counter() - started)
         self.metrics.classification_confidence.labels(result.domain or NONE).observe(
             result.confidence
@@ -80,7 +97,7 @@ class ClassifierService:
                     done = await asyncio.get_running_loop().run_in_executor(
                         self.executor, worker.classify_many, texts, allowed
                     )
-                    self.classifier.remember_many(texts, done.results)
+                    self.classifier.remember_many(texts, done.scores)
             except Exception as exc:  # a classifier bug must not hang requests
                 logger.exception("classification failed")
                 for _, future in batch:
@@ -88,9 +105,9 @@ class ClassifierService:
                         future.set_exception(exc)
                 continue
             self._account(done)
-            for (_, future), result, stage in zip(batch, done.results, done.stages, strict=True):
+            for (_, future), score, stage in zip(batch, done.scores, done.stages, strict=True):
                 if not future.done():  # the request may have been cancelled meanwhile
-                    future.set_result((result, stage))
+                    future.set_result((score, stage))
 
     def _account(self, batch: BatchResult) -> None:
         if self.budget is not None:

@@ -7,7 +7,8 @@
     slm-gateway adapters compare-base       held-out perplexity of the bf16 vs 4-bit base
     slm-gateway adapters list|register|load|unload|promote|retire   the admin API, from the shell
     slm-gateway adapters init-random   a random LoRA adapter (for tests and smoke runs)
-    slm-gateway classify       JSON lines {"text": ...} in, {"domain", "confidence", "route"} out
+    slm-gateway classify       JSON lines {"text": ...} or {"messages": [...]} in,
+                               {"domain", "confidence", "route"} out
     slm-gateway router train   train (or load) the domain classifier for the configured taxonomy
     slm-gateway router eval    accuracy, macro-F1, recall, confusion, latency on held-out data
     slm-gateway suite run      general vs domain adapters on the evaluation suite: table, JSON, plot
@@ -435,6 +436,8 @@ def cmd_suite_run(args: argparse.Namespace) -> int:
 
 
 def cmd_classify(args: argparse.Namespace) -> int:
+    from router.conversation import user_turns
+
     settings = load_settings(args.config)
     _setup_logging("warning")
     classifier = _build_classifier(settings)
@@ -444,21 +447,38 @@ def cmd_classify(args: argparse.Namespace) -> int:
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
-            text = record["text"]
-            if not isinstance(text, str):
-                raise TypeError("'text' must be a string")
+            turns = _classify_input(json.loads(line))
         except (ValueError, KeyError, TypeError) as exc:
             bad += 1
-            error = f"line {number}: expected a JSON object with a string 'text' ({exc})"
+            error = (f"line {number}: expected a JSON object with a string 'text' or OpenAI "
+                     f"chat 'messages' ({exc})")
             print(json.dumps({"error": error}), flush=True)
             continue
-        result = classifier.classify(text)
+        # The same logic as the gateway's `auto`: the conversation's user turns, resolved.
+        result = classifier.classify_turns(user_turns(turns))
         confident = result.domain is not None and result.confidence >= threshold
         route = result.domain if confident else "base"
         print(json.dumps({"domain": result.domain, "confidence": result.confidence,
                           "route": route}), flush=True)
     return 1 if bad else 0
+
+
+def _classify_input(record: Any) -> list[tuple[str, str]]:
+    """(role, text) pairs of one `classify` input line: {"text": ...} is one user turn."""
+    from gateway.protocol import ChatMessage, message_text
+
+    if not isinstance(record, dict):
+        raise TypeError("not a JSON object")
+    if "messages" in record:
+        messages = record["messages"]
+        if not isinstance(messages, list) or not messages:
+            raise TypeError("'messages' must be a non-empty list")
+        parsed = [ChatMessage.model_validate(m) for m in messages]
+        return [(m.role, message_text(m.content)) for m in parsed]
+    text = record["text"]
+    if not isinstance(text, str):
+        raise TypeError("'text' must be a string")
+    return [("user", text)]
 
 
 def cmd_router_train(args: argparse.Namespace) -> int:
@@ -471,7 +491,7 @@ def cmd_router_train(args: argparse.Namespace) -> int:
 
 def cmd_router_eval(args: argparse.Namespace) -> int:
     from router import evaluate
-    from router.data import load_corpus
+    from router.data import conversations, load_corpus
 
     settings = load_settings(args.config)
     _setup_logging("info")
@@ -480,7 +500,7 @@ def cmd_router_eval(args: argparse.Namespace) -> int:
         settings.routing.confidence_threshold
     )
     logger.info("scoring held-out sets and timing %d requests", args.latency_samples)
-    result = evaluate.evaluate(classifier, load_corpus(), threshold,
+    result = evaluate.evaluate(classifier, load_corpus(), conversations(), threshold,
                                latency_samples=args.latency_samples)
     print(evaluate.format_report(result))
     evaluate.save(result, args.out)
@@ -630,7 +650,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("results/base_quantization.json"))
     p.set_defaults(func=cmd_adapters_compare_base)
 
-    p = sub.add_parser("classify", help="classify JSON lines {\"text\": ...} from stdin")
+    p = sub.add_parser(
+        "classify", help="classify JSON lines {\"text\": ...} or {\"messages\": [...]} from stdin"
+    )
     p.add_argument("--config", type=Path, default=None, help="YAML settings file")
     p.set_defaults(func=cmd_classify)
 

@@ -14,6 +14,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, 
 
 from gateway.errors import InvalidRequestError
 from gateway.settings import LimitSettings
+from router.conversation import user_turns
 
 NonEmptyStr = Annotated[StrictStr, Field(min_length=1, max_length=256)]
 
@@ -59,12 +60,10 @@ class ChatCompletionRequest(_Sampling):
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
     max_completion_tokens: PositiveInt | None = None
 
-    def routing_text(self) -> str:
-        """The text a classifier looks at: the last user turn (plain text parts only)."""
-        for message in reversed(self.messages):
-            if message.role == "user":
-                return _text_of(message.content)
-        return ""
+    def routing_turns(self) -> list[str]:
+        """What the classifier looks at: the user turns, oldest first (plain text parts only;
+        the system prompt and assistant turns stay out — see router/conversation.py)."""
+        return user_turns((m.role, _text_of(m.content)) for m in self.messages)
 
 
 class ResponsesRequest(BaseModel):
@@ -124,12 +123,17 @@ def _item_text(content: Any) -> str:
 class CompletionRequest(_Sampling):
     prompt: StrictStr | list[StrictStr] | list[StrictInt] | list[list[StrictInt]]
 
-    def routing_text(self) -> str:
+    def routing_turns(self) -> list[str]:
         if isinstance(self.prompt, str):
-            return self.prompt
+            return [self.prompt]
         if self.prompt and isinstance(self.prompt[0], str):
-            return str(self.prompt[-1])
-        return ""  # token ids: nothing to classify
+            return [str(self.prompt[-1])]
+        return []  # token ids: nothing to classify
+
+
+def message_text(content: str | list[dict[str, Any]] | None) -> str:
+    """A message's plain text (text parts joined; images and audio have none)."""
+    return _text_of(content)
 
 
 def _text_of(content: str | list[dict[str, Any]] | None) -> str:

@@ -214,7 +214,7 @@ class Gateway:
     async def route(self, body: OpenAIRequest) -> RouteDecision:
         classification = None
         if body.model == AUTO_MODEL and self.classifier is not None:
-            classification = await self.classifier.classify(body.routing_text())
+            classification = await self.classifier.classify_turns(body.routing_turns())
         try:
             return decide(
                 body.model,

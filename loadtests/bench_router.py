@@ -7,7 +7,10 @@ the same closed-loop load (``--concurrency`` clients) in alternating rounds as:
 * ``auto-repeat`` — ``model: auto`` with the held-out realistic requests, cycled: after the
   first pass every text is a cache hit, as with recurring prompts;
 * ``auto-unique`` — ``model: auto`` with a request number appended to each realistic request,
-  so no text repeats and every request is classified (the cache never helps).
+  so no text repeats and every request is classified (the cache never helps);
+* ``auto-conversation`` — ``model: auto`` with chats that grow by one new (unique) user turn per
+  request, up to three user turns, as a chat application sends them: every request has one new
+  turn to classify, and the earlier ones were classified by the chat's previous requests.
 
 Reports throughput and client latency per variant, the throughput ratio to ``base``, and the
 classification time per request as the gateway's own histogram
@@ -122,6 +125,25 @@ def _bodies(model: str, texts: list[str], unique: bool) -> Iterator[bytes]:
     return itertools.cycle([make(t) for t in texts])
 
 
+def _conversation_bodies(texts: list[str], turns: int = 3, block: int = 64) -> Iterator[bytes]:
+    """Chats of up to ``turns`` user turns, every turn a new text. Requests go out a block of
+    chats at a time, first turns first, so a chat's next request usually starts after its
+    previous one was answered (as in a real chat)."""
+    # Not the texts auto-unique sends ("(request n)"): those are in the cache by now.
+    source = (f"{t} (chat turn {n})" for n, t in enumerate(itertools.cycle(texts)))
+    while True:
+        chats = [[next(source) for _ in range(turns)] for _ in range(block)]
+        for length in range(1, turns + 1):
+            for chat in chats:
+                messages: list[dict[str, str]] = []
+                for turn in chat[:length]:
+                    if messages:
+                        messages.append({"role": "assistant", "content": "Sure, here it is."})
+                    messages.append({"role": "user", "content": turn})
+                yield json.dumps({"model": "auto", "max_tokens": 8,
+                                  "messages": messages}).encode()
+
+
 async def measure(gateway: str, texts: list[str], requests: int, concurrency: int,
                   rounds: int) -> dict[str, dict[str, float]]:
     url = f"{gateway}/v1/chat/completions"
@@ -129,6 +151,7 @@ async def measure(gateway: str, texts: list[str], requests: int, concurrency: in
         "base": _bodies("base", texts, unique=False),
         "auto-repeat": _bodies("auto", texts, unique=False),
         "auto-unique": _bodies("auto", texts, unique=True),
+        "auto-conversation": _conversation_bodies(texts),
     }
     results: dict[str, dict[str, list[float]]] = {
         name: {"lat": [], "elapsed": [], "errors": []} for name in variants
@@ -171,7 +194,7 @@ async def measure(gateway: str, texts: list[str], requests: int, concurrency: in
                 "classify_p99_ms": histogram_quantile(0.99, classify[name]) * 1000,
                 **{f"stage_{k}": v for k, v in stages[name].items()},
             }
-    for name in ("auto-repeat", "auto-unique"):
+    for name in ("auto-repeat", "auto-unique", "auto-conversation"):
         summary[name]["throughput_ratio_to_base"] = (
             summary[name]["throughput_rps"] / summary["base"]["throughput_rps"]
         )

@@ -14,7 +14,8 @@ The fast stage answers when its calibrated confidence reaches ``fast_accept`` (c
 calibration split so that the fast stage is as accurate as the full one on what it accepts);
 otherwise the full stage decides. Results are cached by a hash of the text.
 
-What is classified is decided by the gateway (``routing_text``: the last user turn). Here a
+What is classified is a conversation's user turns (``router/conversation.py``): each turn is
+scored on its own and cached by its text; :meth:`DomainClassifier.resolve` combines them. A
 long text is clipped to its first and last 1,000 characters: the topic and the actual ask
 (often after pasted context) sit at the ends.
 """
@@ -31,12 +32,16 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from router.conversation import FOLLOW_UP, resolve
 from router.policy import Classification
 
 OUTSIDE = "(outside)"  # label for requests outside the taxonomy; never a valid domain id
 CLIP_CHARS = 1000
 
 _Array = np.ndarray[Any, np.dtype[Any]]
+# What the classifier computed for one text (DomainClassifier: its probabilities over
+# ``labels``). Opaque to callers: they cache and pass it back to ``resolve``.
+TurnScores = Any
 
 
 class Classifier(Protocol):
@@ -45,10 +50,11 @@ class Classifier(Protocol):
 
 @dataclass
 class BatchResult:
-    results: list[Classification]
+    results: list[Classification]  # per text, as a conversation of that one turn
     stages: list[str]  # per text: "cache", "fast" or "full" (the stage that answered)
     full_seconds: float = 0.0  # compute spent in the full stage
     starved: int = 0  # unsure texts the fast stage answered because the full stage was off
+    scores: list[TurnScores] = field(default_factory=list)  # per text, for resolve()
 
 
 class BatchClassifier(Classifier, Protocol):
@@ -58,11 +64,13 @@ class BatchClassifier(Classifier, Protocol):
         self, texts: Sequence[str], *, max_full: int | None = None
     ) -> BatchResult: ...
 
-    def cached(self, text: str) -> Classification | None: ...
+    def cached_scores(self, text: str) -> TurnScores | None: ...
 
-    def remember_many(
-        self, texts: Sequence[str], results: Sequence[Classification]
-    ) -> None: ...
+    def remember_many(self, texts: Sequence[str], scores: Sequence[TurnScores]) -> None: ...
+
+    def resolve(self, turns: Sequence[TurnScores]) -> Classification:
+        """The classification of a conversation from its user turns' scores, oldest first."""
+        ...
 
 
 def clip(text: str) -> str:
@@ -185,13 +193,16 @@ class FullStageBudget:
 
 @dataclass
 class Prediction:
-    """Per-text outputs of both stages, for evaluation and calibration."""
+    """Per-text outputs of both stages, for evaluation and calibration. ``labels`` and
+    ``confidence`` are each text's answer as a conversation of one turn; ``proba`` holds the
+    raw probabilities (with the follow-up column) that conversations combine."""
 
     labels: list[str]
     confidence: _Array
     used_full: _Array  # bool per text
     unsure: _Array  # bool per text: below fast_accept (wanted the full stage)
     full_seconds: float = 0.0
+    proba: _Array | None = None
 
 
 @dataclass
@@ -203,18 +214,41 @@ class DomainClassifier:
     fast_accept: float
     info: dict[str, Any] = field(default_factory=dict)
     cache_size: int = 65536
-    _cache: OrderedDict[bytes, Classification] = field(default_factory=OrderedDict, repr=False)
+    # The most confidence any answer reports (see router/train.py MAX_CONFIDENCE).
+    max_confidence: float = 1.0
+    # Scores per text (float32 probabilities over ``labels``): a conversation's earlier turns
+    # are looked up here, so a long chat costs one new turn, not all of them.
+    _cache: OrderedDict[bytes, _Array] = field(default_factory=OrderedDict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def domains(self) -> tuple[str, ...]:
-        return tuple(label for label in self.labels if label != OUTSIDE)
+        return tuple(label for label in self.labels if label not in (OUTSIDE, FOLLOW_UP))
 
     # ----------------------------------------------------------------- serving
     def classify(self, text: str) -> Classification:
         return self.classify_many([text]).results[0]
 
-    def cached(self, text: str) -> Classification | None:
+    def classify_turns(
+        self, turns: Sequence[str], *, max_full: int | None = None
+    ) -> Classification:
+        """A conversation's user turns (oldest first; see ``router.conversation.user_turns``)."""
+        if not turns:
+            return Classification(None, 1.0)
+        return self.resolve(self.classify_many(turns, max_full=max_full).scores)
+
+    def resolve(self, turns: Sequence[TurnScores]) -> Classification:
+        proba = self.resolve_proba(turns)
+        best = int(proba.argmax())
+        label = self.labels[best]
+        confidence = min(float(proba[best]), self.max_confidence)
+        return Classification(None if label == OUTSIDE else label, round(confidence, 4))
+
+    def resolve_proba(self, turns: Sequence[TurnScores]) -> _Array:
+        follow_up = self.labels.index(FOLLOW_UP) if FOLLOW_UP in self.labels else None
+        return resolve(turns, self.labels.index(OUTSIDE), follow_up)
+
+    def cached_scores(self, text: str) -> _Array | None:
         key = _key(text)
         with self._lock:
             hit = self._cache.get(key)
@@ -222,42 +256,46 @@ class DomainClassifier:
                 self._cache.move_to_end(key)
             return hit
 
+    def cached(self, text: str) -> Classification | None:
+        scores = self.cached_scores(text)
+        return None if scores is None else self.resolve([scores])
+
     def classify_many(self, texts: Sequence[str], *, max_full: int | None = None) -> BatchResult:
         """Classify texts together; at most ``max_full`` unsure ones (the least sure first) get
         the full stage, the rest keep the fast stage's answer. ``None``: no limit."""
-        results: list[Classification | None] = [self.cached(t) for t in texts]
+        scores: list[_Array | None] = [self.cached_scores(t) for t in texts]
         stages = ["cache"] * len(texts)
-        todo = [i for i, hit in enumerate(results) if hit is None]
-        if not todo:
-            return BatchResult([r for r in results if r is not None], stages)
-        prediction = self.predict([texts[i] for i in todo], max_full=max_full)
-        for j, i in enumerate(todo):
-            label = prediction.labels[j]
-            result = Classification(
-                None if label == OUTSIDE else label, round(float(prediction.confidence[j]), 4)
-            )
-            results[i] = result
-            stages[i] = "full" if prediction.used_full[j] else "fast"
-            # Fast answers given for lack of budget are cached too: recomputing them on every
-            # repeat cost more throughput (bench_router) than upgrading them later would win.
-            self._remember(_key(texts[i]), result)
-        return BatchResult(
-            [r for r in results if r is not None],
-            stages,
-            prediction.full_seconds,
-            int((prediction.unsure & ~prediction.used_full).sum()),
-        )
+        todo = [i for i, hit in enumerate(scores) if hit is None]
+        full_seconds, starved = 0.0, 0
+        if todo:
+            prediction = self.predict([texts[i] for i in todo], max_full=max_full)
+            assert prediction.proba is not None
+            for j, i in enumerate(todo):
+                score = prediction.proba[j].astype(np.float32)
+                scores[i] = score
+                stages[i] = "full" if prediction.used_full[j] else "fast"
+                # Fast answers given for lack of budget are cached too: recomputing them on
+                # every repeat cost more throughput (bench_router) than upgrading them later.
+                self._remember(_key(texts[i]), score)
+            full_seconds = prediction.full_seconds
+            starved = int((prediction.unsure & ~prediction.used_full).sum())
+        done = [s for s in scores if s is not None]
+        results = [
+            Classification(None, 1.0) if not clip(text) else self.resolve([s])
+            for text, s in zip(texts, done, strict=True)
+        ]
+        return BatchResult(results, stages, full_seconds, starved, done)
 
-    def remember_many(self, texts: Sequence[str], results: Sequence[Classification]) -> None:
-        """Cache answers computed elsewhere (the classifier worker process)."""
-        for text, result in zip(texts, results, strict=True):
-            self._remember(_key(text), result)
+    def remember_many(self, texts: Sequence[str], scores: Sequence[TurnScores]) -> None:
+        """Cache scores computed elsewhere (the classifier worker process)."""
+        for text, score in zip(texts, scores, strict=True):
+            self._remember(_key(text), score)
 
-    def _remember(self, key: bytes, result: Classification) -> None:
+    def _remember(self, key: bytes, scores: _Array) -> None:
         if self.cache_size <= 0:
             return
         with self._lock:
-            self._cache[key] = result
+            self._cache[key] = scores
             if len(self._cache) > self.cache_size:
                 self._cache.popitem(last=False)
 
@@ -283,12 +321,19 @@ class DomainClassifier:
             picked = np.flatnonzero(use_full)
             full_x = self.features.full(rows(fast_x, picked), [clipped[i] for i in picked])
             proba[picked] = self.full.proba(full_x)
-            confidence = proba.max(axis=1)
             full_seconds = time.perf_counter() - started
-        labels = [self.labels[j] for j in proba.argmax(axis=1)]
-        for i in np.flatnonzero(empty):  # nothing to classify: the general model
-            labels[i], confidence[i] = OUTSIDE, 1.0
-        return Prediction(labels, confidence, use_full, unsure, full_seconds)
+        outside = self.labels.index(OUTSIDE)
+        proba[empty] = 0.0
+        proba[empty, outside] = 1.0  # nothing to classify: the general model
+        single = proba.copy()  # each text as a conversation of one turn (see resolve)
+        if FOLLOW_UP in self.labels:
+            follow_up = self.labels.index(FOLLOW_UP)
+            single[:, outside] += single[:, follow_up]
+            single[:, follow_up] = 0.0
+        labels = [self.labels[j] for j in single.argmax(axis=1)]
+        confidence = np.minimum(single.max(axis=1), self.max_confidence)
+        confidence[empty] = 1.0
+        return Prediction(labels, confidence, use_full, unsure, full_seconds, proba)
 
 
 def _key(text: str) -> bytes:

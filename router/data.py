@@ -7,7 +7,14 @@ Sources (details, licences and counts in ``router/DATA_CARD.md``):
   the installed package, nothing is copied into the repository;
 * ``router/data/authored/train-*.jsonl``: realistic requests for training and calibration;
 * ``router/data/authored/eval-*.jsonl``: realistic requests written independently of the
-  training files (see ``router/data/AUTHORING.md``), used only for evaluation.
+  training files (see ``router/data/AUTHORING.md``), used only for evaluation;
+* ``router/data/conversations/{train,eval}-*.jsonl``: multi-turn chats. The last user turn of a
+  training chat is a training example: labelled with the chat's domain when it carries its own
+  topic (``"last_turn": "own"``), with :data:`router.conversation.FOLLOW_UP` when it leans on
+  the conversation (``"follow"``). Held-out chats are scored whole (split ``conversations``).
+
+Each authored file was written from one brief; :data:`BRIEFS` names it, so ``router eval``
+reports held-out accuracy per brief (the writer gap stays visible).
 
 Splits are a pure function of the text (a hash), so they are stable across machines and runs and
 one text can never sit in two splits. Benchmark texts: 70% train / 15% calib / 15% test.
@@ -24,14 +31,36 @@ import hashlib
 import importlib.util
 import json
 import random
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from router.conversation import FOLLOW_UP
+
 AUTHORED_DIR = Path(__file__).resolve().parent / "data" / "authored"
+CONVERSATION_DIR = Path(__file__).resolve().parent / "data" / "conversations"
 
 TRAIN, CALIB, TEST, REALISTIC = "train", "calib", "test", "realistic"
+CONVERSATIONS = "conversations"  # held-out multi-turn chats
+
+# The brief each authored file was written from (router/DATA_CARD.md has the full text).
+BRIEFS: dict[str, str] = {
+    "train-a": "T0: original brief (AUTHORING.md), group A",
+    "train-b": "T0: original brief (AUTHORING.md), group B",
+    "train-c": "T0: original brief (AUTHORING.md), group C",
+    "train-d": "T0: original brief (AUTHORING.md), group D",
+    "train-e": "A: SLM-Bench task formats as instructions",
+    "train-f": "B: personas, registers, domain boundaries",
+    "train-g": "C: multi-turn chats (follow-ups, switches)",
+    "train-h": "D: concepts at three levels, keyword queries, task formats in a task",
+    "train-i": "E: multi-turn, bare answers to clarifying questions",
+    "eval-a": "E0: original brief (AUTHORING.md), held-out group 1",
+    "eval-b": "E0: original brief (AUTHORING.md), held-out group 2",
+    "eval-c": "X: busy professionals at work",
+    "eval-d": "Y: learners and non-native writers",
+    "eval-z": "Z: chat logs (bare answers, pronouns, abrupt switches)",
+}
 # Benchmark examples kept per domain: enough to learn the vocabulary without letting the big
 # sets (HellaSwag has 10k rows) swamp the authored requests.
 DEFAULT_CAP_PER_DOMAIN = 360
@@ -274,6 +303,51 @@ def authored_examples(directory: Path = AUTHORED_DIR) -> list[Example]:
     return out
 
 
+@dataclass(frozen=True)
+class Conversation:
+    messages: tuple[tuple[str, str], ...]  # (role, text), as sent
+    domain: str | None  # where the last request should go; None: the general model
+    last_turn: str  # "follow": leans on the conversation; "own": has a topic of its own
+    source: str
+    split: str  # TRAIN/CALIB (by the last turn's text) or CONVERSATIONS (held out)
+
+    @property
+    def last_user_text(self) -> str:
+        return next(text for role, text in reversed(self.messages) if role == "user")
+
+
+def conversations(directory: Path = CONVERSATION_DIR) -> list[Conversation]:
+    out: list[Conversation] = []
+    for path in sorted(directory.glob("*.jsonl")):
+        held_out = path.name.startswith("eval-")
+        for record in _jsonl(path):
+            messages = tuple((str(m["role"]), str(m["content"])) for m in record["messages"])
+            last = next(text for role, text in reversed(messages) if role == "user").strip()
+            split = CONVERSATIONS if held_out else _authored_split(last)
+            out.append(
+                Conversation(
+                    messages, record["domain"], record["last_turn"], f"conversation/{path.stem}",
+                    split,
+                )
+            )
+    return out
+
+
+def conversation_examples(chats: Sequence[Conversation]) -> list[Example]:
+    """Training examples from training chats: each last user turn, labelled as the module
+    docstring says."""
+    return [
+        Example(
+            c.last_user_text.strip(),
+            FOLLOW_UP if c.last_turn == "follow" else c.domain,
+            c.source,
+            c.split,
+        )
+        for c in chats
+        if c.split in (TRAIN, CALIB)
+    ]
+
+
 def _jsonl(path: Path) -> Iterable[dict[str, Any]]:
     with path.open(encoding="utf-8") as fh:
         for line in fh:
@@ -306,5 +380,10 @@ def config_examples(examples: dict[str, tuple[str, ...]]) -> list[Example]:
 
 
 def load_corpus(cap_per_domain: int = DEFAULT_CAP_PER_DOMAIN) -> list[Example]:
-    """Every labeled example, benchmark and authored, with its split."""
-    return benchmark_examples(cap_per_domain) + authored_examples()
+    """Every labeled example, benchmark and authored (single requests and the last turns of
+    training chats), with its split."""
+    return (
+        benchmark_examples(cap_per_domain)
+        + authored_examples()
+        + conversation_examples(conversations())
+    )

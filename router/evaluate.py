@@ -1,14 +1,20 @@
-"""``slm-gateway router eval``: accuracy, macro-F1, per-domain recall, confusion, latency.
+"""``slm-gateway router eval``: accuracy per held-out brief, conversations, outside, ECE, errors.
 
-Two held-out sets, reported separately:
+Held-out sets, reported separately (none of them trains, calibrates or tunes anything):
 
-* ``realistic`` — requests written independently of the training files the way users write
-  (``router/data/authored/eval-*.jsonl``); the targets apply to this set;
-* ``test`` — benchmark questions in the test split (disjoint from training and calibration).
+* ``realistic`` — requests written independently of the training files, one table row per
+  brief (``router.data.BRIEFS``): E0 shares its brief with the oldest training files, X and Y
+  come from briefs no training file used (the targets apply to X+Y: the writer gap);
+* ``test`` — benchmark questions in the test split (disjoint from training and calibration);
+* ``conversations`` — held-out multi-turn chats (brief Z), routed by the whole conversation and,
+  for comparison, by the last user turn alone;
+* ``outside`` — every held-out request or chat whose answer is the general model.
 
 "Routed to general" means what the gateway does: the classifier says outside the taxonomy, or
-its confidence is below the threshold. Latency is measured one request at a time with the cache
-off, on this machine, for the two-stage classifier as served and for the fast stage alone.
+its confidence is below the threshold. Calibration: ECE (10 bins) and the confidence of the
+errors; the most confident errors are saved in the results file. Latency is measured one
+request at a time with the cache off, on this machine, for the two-stage classifier as served
+and for the fast stage alone, plus a conversation whose earlier turns are cached.
 """
 
 from __future__ import annotations
@@ -23,9 +29,12 @@ from typing import Any
 import numpy as np
 
 from router.classifier import OUTSIDE, DomainClassifier
-from router.data import REALISTIC, TEST, Example
+from router.conversation import FOLLOW_UP, user_turns
+from router.data import BRIEFS, CONVERSATIONS, REALISTIC, TEST, Conversation, Example
 
 _Array = np.ndarray[Any, np.dtype[Any]]
+UNSEEN_BRIEFS = ("eval-c", "eval-d")  # held-out files whose brief no training file shares
+TOP_ERRORS = 20
 
 
 def expected_calibration_error(confidence: _Array, correct: _Array, bins: int = 10) -> float:
@@ -38,29 +47,31 @@ def expected_calibration_error(confidence: _Array, correct: _Array, bins: int = 
     return float(ece)
 
 
-def score_split(
-    classifier: DomainClassifier, examples: Sequence[Example], threshold: float, stage: str
+
+def _scores(
+    labels: Sequence[str],
+    items: Sequence[str],
+    truth: Sequence[str],
+    predicted: Sequence[str],
+    confidence: _Array,
+    used_full: _Array,
+    threshold: float,
 ) -> dict[str, Any]:
+    """The metrics of one set: ``truth``/``predicted`` are labels (OUTSIDE for general)."""
     from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
 
-    texts = [e.text for e in examples]
-    truth = [e.domain or OUTSIDE for e in examples]
-    prediction = classifier.predict(texts, stage=stage)
-    labels = list(classifier.labels)
-    predicted = prediction.labels
+    labels = [label for label in labels if label != FOLLOW_UP]
     correct = np.array([p == t for p, t in zip(predicted, truth, strict=True)])
     # What the gateway serves: below the threshold, or outside, means the general model.
-    routed = [
-        OUTSIDE if c < threshold else p
-        for p, c in zip(predicted, prediction.confidence, strict=True)
-    ]
+    routed = [OUTSIDE if c < threshold else p for p, c in zip(predicted, confidence, strict=True)]
     outside = np.array([t == OUTSIDE for t in truth])
     routed_general = np.array([r == OUTSIDE for r in routed])
     precision, recall, f1, support = precision_recall_fscore_support(
         truth, predicted, labels=labels, zero_division=0
     )
+    wrong = np.flatnonzero(~correct)
     return {
-        "n": len(examples),
+        "n": len(truth),
         "accuracy": round(float(correct.mean()), 4),
         "macro_f1": round(
             float(f1_score(truth, predicted, labels=labels, average="macro", zero_division=0)), 4
@@ -71,23 +82,90 @@ def score_split(
         "outside_to_general": round(float(routed_general[outside].mean()), 4)
         if outside.any()
         else None,
-        "in_domain_to_general": round(float(routed_general[~outside].mean()), 4),
-        "full_stage_fraction": round(float(prediction.used_full.mean()), 4),
-        "ece": round(expected_calibration_error(prediction.confidence, correct), 4),
+        "in_domain_to_general": round(float(routed_general[~outside].mean()), 4)
+        if (~outside).any()
+        else None,
+        "full_stage_fraction": round(float(used_full.mean()), 4),
+        "ece": round(expected_calibration_error(confidence, correct), 4),
+        "max_error_confidence": round(float(confidence[wrong].max()), 4) if len(wrong) else None,
+        "errors_above_0.95": int((confidence[wrong] > 0.95).sum()),
         "per_label": {
             label: {
                 "precision": round(float(p), 4),
                 "recall": round(float(r), 4),
                 "f1": round(float(f), 4),
-                "n": int(s),
+                "n": int(n),
             }
-            for label, p, r, f, s in zip(labels, precision, recall, f1, support, strict=True)
+            for label, p, r, f, n in zip(labels, precision, recall, f1, support, strict=True)
         },
         "confusion": {
             "labels": labels,
             "matrix": confusion_matrix(truth, predicted, labels=labels).tolist(),
         },
+        "_errors": [
+            {
+                "text": items[i],
+                "truth": truth[i],
+                "predicted": predicted[i],
+                "confidence": round(float(confidence[i]), 4),
+            }
+            for i in wrong
+        ],
     }
+
+
+def score_split(
+    classifier: DomainClassifier, examples: Sequence[Example], threshold: float, stage: str
+) -> dict[str, Any]:
+    texts = [e.text for e in examples]
+    prediction = classifier.predict(texts, stage=stage)
+    truth = [e.domain or OUTSIDE for e in examples]
+    return _scores(
+        classifier.labels, texts, truth, prediction.labels, prediction.confidence,
+        prediction.used_full, threshold,
+    )
+
+
+def conversation_turns(chat: Conversation) -> list[str]:
+    return user_turns(chat.messages)
+
+
+def score_conversations(
+    classifier: DomainClassifier,
+    chats: Sequence[Conversation],
+    threshold: float,
+    stage: str,
+    *,
+    last_turn_only: bool = False,
+) -> dict[str, Any]:
+    """Each chat routed as the gateway routes it: its user turns scored, then resolved."""
+    turns = [conversation_turns(c) for c in chats]
+    if last_turn_only:
+        turns = [t[-1:] for t in turns]
+    unique = sorted({t for ts in turns for t in ts})
+    prediction = classifier.predict(unique, stage=stage)
+    assert prediction.proba is not None
+    row = {t: i for i, t in enumerate(unique)}
+    predicted, confidence, used_full = [], [], []
+    for ts in turns:
+        proba = classifier.resolve_proba([prediction.proba[row[t]] for t in ts])
+        best = int(proba.argmax())
+        predicted.append(classifier.labels[best])
+        confidence.append(float(proba[best]))
+        used_full.append(bool(prediction.used_full[row[ts[-1]]]))
+    truth = [c.domain or OUTSIDE for c in chats]
+    shown = [" ⏎ ".join(ts) for ts in turns]
+    result = _scores(
+        classifier.labels, shown, truth, predicted, np.array(confidence), np.array(used_full),
+        threshold,
+    )
+    for kind in ("follow", "own"):
+        picked = [i for i, c in enumerate(chats) if c.last_turn == kind]
+        result[f"accuracy_{kind}"] = round(
+            float(np.mean([predicted[i] == truth[i] for i in picked])), 4
+        ) if picked else None
+        result[f"n_{kind}"] = len(picked)
+    return result
 
 
 def latency_ms(classifier: DomainClassifier, texts: Sequence[str], stage: str) -> dict[str, float]:
@@ -96,46 +174,156 @@ def latency_ms(classifier: DomainClassifier, texts: Sequence[str], stage: str) -
         start = time.perf_counter()
         classifier.predict([text], stage=stage)
         samples.append((time.perf_counter() - start) * 1000)
+    return _percentiles(samples)
+
+
+def _percentiles(samples: Sequence[float]) -> dict[str, float]:
     p50, p95, p99 = np.percentile(samples, [50, 95, 99])
     return {"p50": round(float(p50), 3), "p95": round(float(p95), 3), "p99": round(float(p99), 3)}
+
+
+def conversation_latency_ms(
+    classifier: DomainClassifier, chats: Sequence[Conversation]
+) -> dict[str, float]:
+    """A chat's request as served: earlier turns in the cache (the previous request of the
+    chat classified them), the last turn new."""
+    samples = []
+    saved = classifier.cache_size
+    classifier.cache_size = 65536
+    try:
+        for chat in chats:
+            turns = conversation_turns(chat)
+            classifier.classify_many(turns[:-1])  # the earlier requests of this chat
+            classifier._cache.pop(_cache_key(turns[-1]), None)
+            start = time.perf_counter()
+            classifier.classify_turns(turns)
+            samples.append((time.perf_counter() - start) * 1000)
+    finally:
+        classifier._cache.clear()
+        classifier.cache_size = saved
+    return _percentiles(samples)
+
+
+def _cache_key(text: str) -> bytes:
+    from router.classifier import _key
+
+    return _key(text)
 
 
 def evaluate(
     classifier: DomainClassifier,
     corpus: Sequence[Example],
+    chats: Sequence[Conversation],
     threshold: float,
     *,
     latency_samples: int = 300,
 ) -> dict[str, Any]:
-    splits = {name: [e for e in corpus if e.split == name] for name in (REALISTIC, TEST)}
+    realistic = [e for e in corpus if e.split == REALISTIC]
+    by_file: dict[str, list[Example]] = {}
+    for e in realistic:
+        by_file.setdefault(e.source.removeprefix("authored/"), []).append(e)
+    held_chats = [c for c in chats if c.split == CONVERSATIONS]
+    sets: dict[str, list[Example]] = {
+        REALISTIC: realistic,
+        "realistic_unseen_briefs": [e for f in UNSEEN_BRIEFS for e in by_file.get(f, [])],
+        **{f"brief:{name}": rows for name, rows in sorted(by_file.items())},
+        TEST: [e for e in corpus if e.split == TEST],
+    }
     result: dict[str, Any] = {
         "classifier": classifier.info,
         "threshold": threshold,
+        "briefs": {name: BRIEFS.get(name, name) for name in sorted(by_file)},
         "splits": {},
     }
-    for name, rows in splits.items():
+    for name, rows in sets.items():
         result["splits"][name] = {
             stage: score_split(classifier, rows, threshold, stage) for stage in ("auto", "fast")
         }
-    texts = [e.text for e in splits[REALISTIC]][:latency_samples]
+    result["splits"][CONVERSATIONS] = {
+        "auto": score_conversations(classifier, held_chats, threshold, "auto"),
+        "fast": score_conversations(classifier, held_chats, threshold, "fast"),
+        "last_turn_only": score_conversations(
+            classifier, held_chats, threshold, "auto", last_turn_only=True
+        ),
+    }
+    outside_rows = [e for e in realistic if e.domain is None]
+    outside_chats = [c for c in held_chats if c.domain is None]
+    result["splits"]["outside"] = {
+        "auto": _merge_outside(
+            score_split(classifier, outside_rows, threshold, "auto"),
+            score_conversations(classifier, outside_chats, threshold, "auto"),
+        )
+    }
+    # Calibration over everything held out that users write (not the benchmark split).
+    errors = [
+        {**err, "set": name}
+        for name in (REALISTIC, CONVERSATIONS)
+        for err in result["splits"][name]["auto"]["_errors"]
+    ]
+    errors.sort(key=lambda err: -err["confidence"])
+    result["most_confident_errors"] = errors[:TOP_ERRORS]
+    result["held_out_errors_above_0.95"] = sum(err["confidence"] > 0.95 for err in errors)
+    for stages in result["splits"].values():
+        for scores in stages.values():
+            scores.pop("_errors", None)
+    texts = [e.text for e in realistic][:latency_samples]
     classifier.predict(texts[:8])  # warm-up
     result["latency_ms_single"] = {
         stage: latency_ms(classifier, texts, stage) for stage in ("auto", "fast")
     }
+    multi = [c for c in held_chats if len(conversation_turns(c)) > 1]
+    result["latency_ms_single"]["conversation"] = conversation_latency_ms(classifier, multi)
     return result
+
+
+def _merge_outside(single: dict[str, Any], chats: dict[str, Any]) -> dict[str, Any]:
+    n = single["n"] + chats["n"]
+    general = single["outside_to_general"] * single["n"] + chats["outside_to_general"] * chats["n"]
+    return {
+        "n": n,
+        "n_requests": single["n"],
+        "n_conversations": chats["n"],
+        "outside_to_general": round(general / n, 4),
+        "requests_to_general": single["outside_to_general"],
+        "conversations_to_general": chats["outside_to_general"],
+        "_errors": [],
+    }
 
 
 def format_report(result: dict[str, Any]) -> str:
     lines = [f"threshold (low_confidence below): {result['threshold']}"]
+    lines.append(
+        "\nheld-out set                     stage   n     acc   macroF1 out->gen in->gen "
+        "full  ECE   max-err-conf"
+    )
     for name, stages in result["splits"].items():
+        if name == "outside":
+            continue
         for stage, s in stages.items():
+            label = name
+            if name.startswith("brief:"):
+                label = f"  {name[6:]} ({result['briefs'][name[6:]][:22]})"
+            out = "-" if s["outside_to_general"] is None else f"{s['outside_to_general']:.3f}"
+            inn = "-" if s["in_domain_to_general"] is None else f"{s['in_domain_to_general']:.3f}"
+            worst = "-" if s["max_error_confidence"] is None else f"{s['max_error_confidence']:.3f}"
             lines.append(
-                f"{name:9s} {stage:4s} n={s['n']:4d} accuracy={s['accuracy']:.3f} "
-                f"macro_f1={s['macro_f1']:.3f} route_accuracy={s['route_accuracy']:.3f} "
-                f"outside->general={s['outside_to_general']} "
-                f"in-domain->general={s['in_domain_to_general']:.3f} "
-                f"full_stage={s['full_stage_fraction']:.2f} ece={s['ece']:.3f}"
+                f"{label[:32]:32s} {stage[:7]:7s} {s['n']:4d}  {s['accuracy']:.3f}  "
+                f"{s['macro_f1']:.3f}   {out:6s}  {inn:6s} {s['full_stage_fraction']:.2f}  "
+                f"{s['ece']:.3f} {worst}"
             )
+    conv = result["splits"][CONVERSATIONS]
+    lines.append("\nconversations (held-out, brief Z): accuracy by the last turn's kind")
+    for stage in ("auto", "last_turn_only"):
+        c = conv[stage]
+        lines.append(
+            f"  {stage:15s} all={c['accuracy']:.3f} follow-ups={c['accuracy_follow']} "
+            f"(n={c['n_follow']}) own-topic/switch={c['accuracy_own']} (n={c['n_own']})"
+        )
+    o = result["splits"]["outside"]["auto"]
+    lines.append(
+        f"\noutside the taxonomy -> general: {o['outside_to_general']:.3f} (n={o['n']}: "
+        f"requests {o['requests_to_general']}, conversations {o['conversations_to_general']})"
+    )
     real = result["splits"][REALISTIC]["auto"]
     lines.append("\nper-label recall / precision on realistic requests (two-stage):")
     for label, m in real["per_label"].items():
@@ -148,9 +336,20 @@ def format_report(result: dict[str, Any]) -> str:
     lines.append(" " * 21 + " ".join(f"{s:>5s}" for s in short))
     for label, row in zip(labels, real["confusion"]["matrix"], strict=True):
         lines.append(f"  {label:18s} " + " ".join(f"{v:5d}" for v in row))
+    lines.append(
+        f"\nheld-out errors above 0.95 confidence: {result['held_out_errors_above_0.95']}; "
+        "most confident errors:"
+    )
+    for err in result["most_confident_errors"][:10]:
+        lines.append(
+            f"  {err['confidence']:.3f} {err['truth']} -> {err['predicted']}: "
+            f"{err['text'][:90]!r}"
+        )
     lines.append("\nlatency per request, one at a time, cache off (ms):")
     for stage, lat in result["latency_ms_single"].items():
-        lines.append(f"  {stage:4s} p50={lat['p50']:.3f} p95={lat['p95']:.3f} p99={lat['p99']:.3f}")
+        lines.append(
+            f"  {stage:12s} p50={lat['p50']:.3f} p95={lat['p95']:.3f} p99={lat['p99']:.3f}"
+        )
     return "\n".join(lines)
 
 

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 from collections import Counter
 
+from router.conversation import FOLLOW_UP, user_turns
 from router.data import (
+    BRIEFS,
     CALIB,
+    CONVERSATIONS,
     REALISTIC,
     TEST,
     TRAIN,
     authored_examples,
     bucket,
+    conversation_examples,
+    conversations,
     load_corpus,
     near_duplicate,
 )
@@ -31,10 +36,37 @@ def test_no_text_sits_in_two_splits() -> None:
 
 def test_held_out_requests_have_no_near_duplicate_in_training() -> None:
     authored = authored_examples()
-    held_out = [e.text for e in authored if e.split == REALISTIC]
-    training = [e.text for e in authored if e.split in (TRAIN, CALIB)]
+    chats = conversations()
+    held_out = [e.text for e in authored if e.split == REALISTIC] + [
+        turn for c in chats if c.split == CONVERSATIONS for turn in user_turns(c.messages)
+    ]
+    training = [e.text for e in authored if e.split in (TRAIN, CALIB)] + [
+        e.text for e in conversation_examples(chats)
+    ]
     leaks = [(a, b) for a in held_out for b in training if near_duplicate(a, b)]
     assert leaks == []
+
+
+def test_every_authored_file_names_its_brief() -> None:
+    sources = {e.source.split("/")[1] for e in authored_examples()}
+    sources |= {c.source.split("/")[1] for c in conversations()}
+    assert sources <= set(BRIEFS), sources - set(BRIEFS)
+
+
+def test_briefs_the_training_never_saw_have_held_out_requests_for_every_domain() -> None:
+    for brief in ("eval-c", "eval-d"):
+        counts = Counter(e.domain for e in authored_examples() if e.source == f"authored/{brief}")
+        for domain in load_taxonomy().ids:
+            assert counts[domain] >= 15, (brief, domain)
+        assert counts[None] >= 15, brief
+
+
+def test_training_chats_teach_follow_ups_and_held_out_chats_cover_both_kinds() -> None:
+    chats = conversations()
+    labels = Counter(e.domain for e in conversation_examples(chats))
+    assert labels[FOLLOW_UP] >= 50
+    held_out = Counter(c.last_turn for c in chats if c.split == CONVERSATIONS)
+    assert held_out["follow"] >= 30 and held_out["own"] >= 15
 
 
 def test_every_domain_and_outside_has_realistic_held_out_requests() -> None:

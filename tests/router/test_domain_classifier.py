@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from router.classifier import DomainClassifier
+from router.conversation import user_turns
 from router.policy import Classification, RouteReason, RoutingTable, decide
 from router.taxonomy import load_taxonomy
 from router.train import load_or_train
@@ -144,11 +145,40 @@ def test_custom_domain_listed_in_the_taxonomy_file_is_recognised(tmp_path: Path)
     assert classifier.classify("Solve for x: 3x + 7 = 22").domain == "mathematics"
 
 
+# Conversations written for these tests (not taken from any data file).
+REFUND_CHAT = [
+    ("user", "I returned a pair of boots to your shop three weeks ago and the refund is missing"),
+    ("assistant", "Refunds reach your card within 10 working days of the return."),
+    ("user", "It has been way longer than that. What now?"),
+]
+
+
+def test_a_follow_up_without_its_own_topic_keeps_the_conversation_domain(
+    classifier: DomainClassifier,
+) -> None:
+    alone = classifier.classify_turns(user_turns(REFUND_CHAT[-1:]))
+    in_chat = classifier.classify_turns(user_turns(REFUND_CHAT))
+    assert in_chat.domain == "customer_behaviors", (alone, in_chat)
+
+
+def test_a_clear_new_topic_switches_the_domain(classifier: DomainClassifier) -> None:
+    chat = [*REFUND_CHAT, ("user", "Unrelated: balance this equation, Al + O2 -> Al2O3")]
+    assert classifier.classify_turns(user_turns(chat)).domain == "chemistry"
+
+
+def test_the_system_prompt_does_not_route_the_conversation(classifier: DomainClassifier) -> None:
+    chat = [("system", "You are a cooking assistant for recipes and restaurants."), *REFUND_CHAT]
+    assert classifier.classify_turns(user_turns(chat)).domain == "customer_behaviors"
+
+
 def test_classify_cli_answers_one_json_line_per_input(classifier: DomainClassifier) -> None:
+    chat = [{"role": role, "content": text} for role, text in REFUND_CHAT]
     lines = [
         json.dumps({"text": "Solve for x: 3x + 7 = 22"}),
         "this is not json",
         json.dumps({"text": "hi! how's it going?"}),
+        json.dumps({"messages": chat}),
+        json.dumps({"messages": "not a list"}),
     ]
     done = subprocess.run(
         [sys.executable, "-m", "gateway.cli", "classify"],
@@ -159,9 +189,14 @@ def test_classify_cli_answers_one_json_line_per_input(classifier: DomainClassifi
         timeout=300,
     )
     out = [json.loads(line) for line in done.stdout.splitlines()]
-    assert len(out) == 3
+    assert len(out) == 5
     assert out[0]["domain"] == "mathematics" and out[0]["route"] == "mathematics"
     assert 0.5 <= out[0]["confidence"] <= 1.0
     assert "error" in out[1]
     assert out[2]["route"] == "base"
+    # The logic `auto` uses. Confidence is not compared exactly: the int8 MiniLM quantizes
+    # activations per batch, so a turn scored alone or next to another differs slightly.
+    same = classifier.classify_turns(user_turns(REFUND_CHAT))
+    assert out[3]["domain"] == same.domain == "customer_behaviors"
+    assert "error" in out[4]
     assert done.returncode == 1, "an invalid input line makes the exit status non-zero"

@@ -147,8 +147,9 @@ async def sse(model: str, *, cut_after: int | None = None) -> AsyncIterator[byte
 
 @dataclass
 class ScriptedClassifier:
-    """Domain = the text's first word ("none" for outside the taxonomy), confidence = the
-    second word when it is a number; records every batch it was given."""
+    """Domain = the text's first word ("none" for outside the taxonomy, "follow" for a turn
+    that keeps the conversation's answer), confidence = the second word when it is a number;
+    records every batch it was given. Its per-turn scores are the turns' Classifications."""
 
     batches: list[list[str]] = field(default_factory=list)
     max_full_seen: list[int | None] = field(default_factory=list)
@@ -158,11 +159,17 @@ class ScriptedClassifier:
     def classify(self, text: str) -> Classification:
         return self.classify_many([text]).results[0]
 
-    def cached(self, text: str) -> Classification | None:
+    def cached_scores(self, text: str) -> Classification | None:
         return self.memory.get(text)
 
-    def remember_many(self, texts: Sequence[str], results: Sequence[Classification]) -> None:
-        self.memory.update(zip(texts, results, strict=True))
+    def remember_many(self, texts: Sequence[str], scores: Sequence[Classification]) -> None:
+        self.memory.update(zip(texts, scores, strict=True))
+
+    def resolve(self, turns: Sequence[Classification]) -> Classification:
+        resolved = Classification(None, 1.0)
+        for turn in turns:
+            resolved = resolved if turn.domain == "follow" else turn
+        return resolved
 
     def classify_many(self, texts: Sequence[str], *, max_full: int | None = None) -> BatchResult:
         if self.fail:
@@ -170,11 +177,14 @@ class ScriptedClassifier:
         self.batches.append(list(texts))
         self.max_full_seen.append(max_full)
         results = [_scripted(t) for t in texts]
-        return BatchResult(results, ["full"] * len(texts), full_seconds=0.01 * len(texts))
+        self.remember_many(texts, results)  # as the real classifier caches what it computed
+        return BatchResult(
+            results, ["full"] * len(texts), full_seconds=0.01 * len(texts), scores=results
+        )
 
 
 def _scripted(text: str) -> Classification:
-    words = text.split()
+    words = text.split() or ["none"]  # empty text: outside the taxonomy
     domain = None if words[0] == "none" else words[0]
     try:
         confidence = float(words[1])

@@ -64,3 +64,25 @@ async def test_spent_budget_turns_the_full_stage_off() -> None:
 
 def test_budget_with_zero_share_never_allows_the_full_stage() -> None:
     assert not FullStageBudget(share=0.0).available()
+
+
+async def test_a_conversation_sends_only_its_uncached_turns_and_resolves_them_all() -> None:
+    fake = ScriptedClassifier(memory={"legal 0.9 my deposit": Classification("legal", 0.9)})
+    service = ClassifierService(fake, Metrics())
+    result = await service.classify_turns(["legal 0.9 my deposit", "follow what now?"])
+    assert result == Classification("legal", 0.9)  # the follow-up kept the conversation's domain
+    assert fake.batches == [["follow what now?"]]
+
+
+async def test_the_next_request_of_a_conversation_finds_its_earlier_turns_in_the_cache() -> None:
+    fake = ScriptedClassifier()
+    service = ClassifierService(fake, Metrics())
+    await service.classify_turns(["healthcare 0.8 rash"])
+    result = await service.classify_turns(["healthcare 0.8 rash", "legal 0.7 new topic"])
+    assert result == Classification("legal", 0.7)
+    assert fake.batches == [["healthcare 0.8 rash"], ["legal 0.7 new topic"]]
+
+
+async def test_a_conversation_without_user_text_goes_to_the_general_model() -> None:
+    service = ClassifierService(ScriptedClassifier(), Metrics())
+    assert (await service.classify_turns([])).domain is None
