@@ -101,8 +101,9 @@ class ResponsesRequest(BaseModel):
             turns.append(ChatMessage(role=role, content=_item_text(item.get("content"))))
         return turns
 
-    def routing_text(self) -> str:
-        return ChatCompletionRequest.model_construct(messages=self.conversation()).routing_text()
+    def routing_turns(self) -> list[str]:
+        """The same as chat's: the user turns of ``conversation()``."""
+        return ChatCompletionRequest.model_construct(messages=self.conversation()).routing_turns()
 
 
 _CHAT_ROLES = frozenset({"system", "developer", "user", "assistant"})
