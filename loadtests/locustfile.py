@@ -174,10 +174,7 @@ class OpenAIUser(HttpUser):
                     error = _error_message(json.dumps(event))
                     break
                 if first_token is None and _has_token(event):
-                    first_token = time.perf_counter() - started
-                    events.request.fire(request_type=TTFT, name=name,
-                                        response_time=first_token * 1000, response_length=0,
-                                        exception=None, context={})
+                    first_token = _report_first_token(name, started)
             # The request's own time is the whole stream, not the time to its headers.
             response.request_meta["response_time"] = (time.perf_counter() - started) * 1000
             if error is not None:
@@ -219,15 +216,20 @@ class OpenAIUser(HttpUser):
                     break
                 if first_token is None and kind == "response.output_text.delta" and \
                         event.get("delta"):
-                    first_token = time.perf_counter() - started
-                    events.request.fire(request_type=TTFT, name=name,
-                                        response_time=first_token * 1000, response_length=0,
-                                        exception=None, context={})
+                    first_token = _report_first_token(name, started)
             response.request_meta["response_time"] = (time.perf_counter() - started) * 1000
             if error is not None:
                 response.failure(f"error event in stream: {error}")
             elif not completed:
                 response.failure("stream ended without response.completed")
+
+
+def _report_first_token(name: str, started: float) -> float:
+    """Record a stream's time to first token as its own locust entry (type TTFT)."""
+    first_token = time.perf_counter() - started
+    events.request.fire(request_type=TTFT, name=name, response_time=first_token * 1000,
+                        response_length=0, exception=None, context={})
+    return first_token
 
 
 def _has_token(event: dict[str, Any]) -> bool:
