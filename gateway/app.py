@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import secrets
+import socket
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import Executor
 
@@ -22,11 +25,16 @@ from gateway.classify import ClassifierService
 from gateway.console import TrafficWindow
 from gateway.engine import EngineSupervisor
 from gateway.errors import install_error_handlers
-from gateway.limits import Admission, KeyRing, RateLimiter
+from gateway.fleet import AdapterFleet
+from gateway.gates import GateState
+from gateway.limits import Admission, KeyRing
 from gateway.metrics import ENDPOINT_LABELS, NONE, Metrics
 from gateway.proxy import Gateway
 from gateway.settings import Settings
 from gateway.shadow import ShadowEvaluator
+from gateway.state import SHADOW_ROLE, open_backend
+from gateway.state.lease import Leadership
+from gateway.state.sync import StateSync
 from gateway.upstream import ReplicaPool
 from router.classifier import BatchClassifier, FullStageBudget
 from router.taxonomy import load_taxonomy
@@ -44,6 +52,11 @@ def build_registry(settings: Settings) -> Registry:
         reserved_names=settings.base_aliases(),
         allowed_dirs=config.allowed_dirs,
     )
+
+
+def instance_id() -> str:
+    """This gateway process among its fleet (lease holder, logs, /readyz): host, pid, random."""
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
 
 
 def create_app(
@@ -99,7 +112,12 @@ def create_app(
         # capped the gateway at ~250 req/s with 32 clients; aiohttp's pool behind the same httpx
         # API does not (see loadtests/bench_overhead.py). Tests pass a MockTransport instead.
         upstream_transport = transport or AiohttpTransport(limits=limits)
-        async with httpx.AsyncClient(transport=upstream_transport, timeout=timeout) as client:
+        state = open_backend(settings.state, metrics)
+        await state.start()
+        async with contextlib.AsyncExitStack() as stack:
+            stack.push_async_callback(state.close)
+            client = await stack.enter_async_context(
+                httpx.AsyncClient(transport=upstream_transport, timeout=timeout))
             loader = AdapterManager(
                 client,
                 timeout_s=settings.adapters.load_timeout_s,
@@ -109,27 +127,45 @@ def create_app(
                 up.base_urls(), client, metrics, health_interval_s=up.health_interval_s,
                 breaker_failures=up.breaker_failures, breaker_cooldown_s=up.breaker_cooldown_s,
             )
+            fleet = AdapterFleet(settings, pool, loader, metrics, registry, state)
+            gate = GateState(metrics)
+            fleet.on_change(gate.follow)  # verdicts are per version: follow the active ones
+            await fleet.seed()  # the stored registry, or ours stored as its first version
             gateway = Gateway(
                 settings=settings,
                 client=client,
                 transport=upstream_transport,
                 pool=pool,
-                registry=registry,
-                table=registry.routing_table(settings.base_aliases()),
-                loader=loader,
+                fleet=fleet,
+                gate=gate,
                 metrics=metrics,
                 classifier=service,
                 keys=keys,
-                limiter=RateLimiter(caps.requests_per_minute, caps.tokens_per_minute),
+                state=state,
+                limiter=state.limiter(caps.requests_per_minute, caps.tokens_per_minute),
                 admission=Admission(caps.max_in_flight, caps.max_queue, caps.queue_timeout_s),
             )
             # A replica that comes (back) up gets the active adapters loaded again.
-            pool.on_restart = gateway.on_replica_up
+            pool.on_restart = fleet.on_replica_up
             tasks = []
+            holder = instance_id()
+            shadow = None
             if settings.shadow.enabled:
-                gateway.shadow = ShadowEvaluator(
-                    gateway, settings.shadow, metrics, items=shadow_items,
-                    load_items=lambda n: suite_items(per_domain=n))
+                shadow = ShadowEvaluator(
+                    fleet, gate, client, settings.shadow, metrics,
+                    general_model=up.served_model_name,
+                    user_load=lambda: sum(r.outstanding for r in pool.replicas),
+                    state=state, holder=holder,
+                    evidence_interval_s=settings.state.evidence_interval_s,
+                    items=shadow_items, load_items=lambda n: suite_items(per_domain=n))
+                gateway.shadow = shadow
+                gateway.leadership = Leadership(state, SHADOW_ROLE, holder,
+                                                settings.state.lease_ttl_s, metrics)
+            if state.shared:
+                leadership = gateway.leadership
+                sync = StateSync(state, fleet, gate, settings.state.poll_interval_s,
+                                 leading=lambda: leadership is not None and leadership.leading)
+                tasks.append(asyncio.create_task(sync.run(), name="state-sync"))
             app.state.gateway = gateway
             if keys.open:
                 logger.warning(
@@ -150,8 +186,10 @@ def create_app(
                 engine.on_restart = lambda reason: metrics.engine_restarts.labels(reason).inc()
                 if settings.engine.supervise:
                     tasks.append(asyncio.create_task(engine.run(), name="engine-supervisor"))
-            if gateway.shadow is not None:
-                tasks.append(asyncio.create_task(gateway.shadow.run(), name="shadow-evaluator"))
+            if shadow is not None and gateway.leadership is not None:
+                # One evaluator per fleet: this instance runs it while it holds the lease.
+                tasks.append(asyncio.create_task(gateway.leadership.run(shadow.lead),
+                                                 name="shadow-leadership"))
             if settings.console.enabled:
                 window = app.state.console_window = TrafficWindow(metrics, settings.console)
                 tasks.append(asyncio.create_task(window.run(), name="console-snapshots"))

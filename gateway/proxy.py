@@ -13,15 +13,14 @@ import math
 import random
 import time
 from collections.abc import Awaitable, Collection
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, TypeVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import httpx
 from fastapi import Request
 from fastapi.responses import Response
 
-from adapters.lifecycle import AdapterLoadError, AdapterManager
-from adapters.registry import AdapterEntry, AdapterStatus, Registry
+from adapters.lifecycle import AdapterLoadError
 from gateway.classify import ClassifierService
 from gateway.errors import (
     GatewayError,
@@ -36,7 +35,9 @@ from gateway.errors import (
     retry_after,
     upstream_error_from_response,
 )
-from gateway.limits import ANONYMOUS, Admission, KeyRing, Overloaded, RateLimiter
+from gateway.fleet import AdapterFleet
+from gateway.gates import GateState
+from gateway.limits import ANONYMOUS, Admission, KeyRing, Overloaded
 from gateway.metrics import ENDPOINT_LABELS, NONE, Metrics, status_class
 from gateway.protocol import (
     ChatCompletionRequest,
@@ -45,14 +46,14 @@ from gateway.protocol import (
     estimate_tokens,
 )
 from gateway.settings import Settings
+from gateway.state import Limiter, StateBackend
 from gateway.streaming import RelayResponse
-from gateway.upstream import Replica, ReplicaPool, choose_replica
+from gateway.upstream import Replica, ReplicaPool
 from router.policy import (
     AUTO_MODEL,
     FALLBACK_REASONS,
     RouteDecision,
     RouteReason,
-    RoutingTable,
     UnknownModelError,
     decide,
     fall_back,
@@ -60,7 +61,7 @@ from router.policy import (
 
 if TYPE_CHECKING:
     from gateway.engine import EngineSupervisor
-    from gateway.shadow import ShadowEvaluator
+    from gateway.state.lease import Leadership
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +75,17 @@ class ClientDisconnected(Exception):
     pass
 
 
+class ShadowTap(Protocol):
+    """What the gateway needs of the shadow evaluator (gateway/shadow.py, which it does not
+    import): live requests offered for sampling, user traffic announced, the evidence report."""
+
+    def offer(self, domain: str | None, body: ChatCompletionRequest) -> None: ...
+
+    def user_request_started(self) -> None: ...
+
+    def report(self) -> dict[str, Any]: ...
+
+
 @dataclass
 class Gateway:
     settings: Settings
@@ -83,126 +95,32 @@ class Gateway:
     # nothing for a fixed upstream (py-spy, bench_overhead).
     transport: httpx.AsyncBaseTransport
     pool: ReplicaPool
-    registry: Registry
-    table: RoutingTable
-    loader: AdapterManager
+    # The adapters: registry (desired state), placement, loading (gateway/fleet.py).
+    fleet: AdapterFleet
+    # Domains the quality gate sends to the general model (written by the shadow evaluator).
+    gate: GateState
     metrics: Metrics
-    limiter: RateLimiter
+    limiter: Limiter
     admission: Admission
     keys: KeyRing
+    state: StateBackend
     classifier: ClassifierService | None = None
-    # Domains the quality gate sends to the general model (set by the shadow evaluator).
-    gated: frozenset[str] = field(default_factory=frozenset)
-    shadow: ShadowEvaluator | None = None
+    shadow: ShadowTap | None = None
+    # Who runs the fleet's shadow evaluator (None: the evaluator is off).
+    leadership: Leadership | None = None
     # The supervised embedded vLLM (`slm-gateway run`); None in front of external replicas.
     engine: EngineSupervisor | None = None
-    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         # The client's timeouts, as the extension every upstream request carries (built once).
         self._timeouts = self.client.timeout.as_dict()
 
-    # ----------------------------------------------------------------- adapters
-    def set_registry(self, registry: Registry) -> None:
-        """Swap in a new registry; requests routed from now on use it (one loop, no lock)."""
-        self.registry = registry
-        self.table = registry.routing_table(self.settings.base_aliases())
-        if self.shadow is not None:
-            self.shadow.apply_gate()  # a new active version is gated by its own record
-
-    def on_replica_up(self, url: str) -> None:
-        """A replica came (back) up: forget what it had and, if configured, preload."""
-        self.loader.forget_replica(url)
-        if self.settings.adapters.preload:
-            task = asyncio.create_task(self.sync_replica(url), name=f"adapter-sync {url}")
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-    async def sync_replica(self, url: str) -> None:
-        active = [e for e in self.registry if e.status is AdapterStatus.ACTIVE]
-        replica = next((r for r in self.pool.replicas if r.url == url), None)
-        if replica is None or not active:
-            return
-        outcome = await self.loader.sync_replica(url, active)
-        for name, result in outcome.items():
-            if result != "resident":
-                self.metrics.adapter_loads.labels(replica.name, name, result).inc()
-        self.metrics.adapters_resident.labels(replica.name).set(len(self.loader.resident(url)))
-        logger.info(
-            "replica %s: %d adapters loaded, %d failed",
-            replica.name,
-            sum(r != "failed" for r in outcome.values()),
-            sum(r == "failed" for r in outcome.values()),
-        )
-
-    async def load_everywhere(
-        self, entry: AdapterEntry, *, only: str | None = None
-    ) -> dict[str, str]:
-        """Load ``entry`` on every healthy replica (or the one named ``only``): replica name ->
-        loaded/resident/failed/replica_down."""
-        outcome: dict[str, str] = {}
-        for replica in self.pool.replicas:
-            if only is not None and replica.name != only:
-                continue
-            if not replica.healthy:
-                outcome[replica.name] = "replica_down"
-                continue
-            result = await self.loader.sync_replica(replica.url, [entry])
-            outcome[replica.name] = result[entry.name]
-            self.metrics.adapters_resident.labels(replica.name).set(
-                len(self.loader.resident(replica.url))
-            )
-        return outcome
-
-    async def unload_everywhere(self, name: str, *, only: str | None = None) -> dict[str, str]:
-        outcome: dict[str, str] = {}
-        for replica in self.pool.replicas:
-            if only is not None and replica.name != only:
-                continue
-            if not self.loader.is_resident(replica.url, name):
-                continue
-            try:
-                await self.loader.unload(replica.url, name)
-                outcome[replica.name] = "unloaded"
-            except Exception as exc:  # one replica's failure must not stop the others
-                logger.warning("unloading %s from %s failed: %s", name, replica.name, exc)
-                outcome[replica.name] = "failed"
-            self.metrics.adapters_resident.labels(replica.name).set(
-                len(self.loader.resident(replica.url))
-            )
-        return outcome
-
-    async def set_status(
-        self, name: str, status: AdapterStatus
-    ) -> tuple[list[str], dict[str, str]]:
-        """Promote (active) or retire an adapter. Promoting retires the domain's previous active
-        adapter; retired ones are unloaded everywhere. Returns (retired names, load outcome).
-        Raises RegistryError when the change is not allowed."""
-        registry = self.registry.with_status(name, status)
-        previous = {e.name for e in self.registry if e.status is not AdapterStatus.RETIRED}
-        self.set_registry(registry)
-        retired = [
-            e.name for e in registry if e.status is AdapterStatus.RETIRED and e.name in previous
-        ]
-        for retired_name in retired:
-            await self.unload_everywhere(retired_name)
-        replicas: dict[str, str] = {}
-        entry = registry.get(name)
-        if status is AdapterStatus.ACTIVE and entry is not None:
-            replicas = await self.load_everywhere(entry)
-        return retired, replicas
-
     def background_tasks(self) -> list[asyncio.Task[None]]:
-        return list(self._tasks)
+        return self.fleet.background_tasks()
 
     def gate_state(self, domain: str | None) -> str | None:
         """"closed"/"open" for a domain that has an adapter the gate can act on, else None."""
-        if domain is None or domain not in self.table.active:
-            return None
-        return "closed" if domain in self.gated else "open"
-
-    def where_loaded(self, name: str) -> list[str]:
-        return [r.name for r in self.pool.replicas if self.loader.is_resident(r.url, name)]
+        return self.gate.state(domain)
 
     # ----------------------------------------------------------------- routing
     async def route(self, body: ChatCompletionRequest | CompletionRequest) -> RouteDecision:
@@ -213,8 +131,8 @@ class Gateway:
             return decide(
                 body.model,
                 classification,
-                self.table,
-                gated=self.gated,
+                self.fleet.table,
+                gated=self.gate.gated,
                 threshold=self.settings.routing.confidence_threshold,
             )
         except UnknownModelError as exc:
@@ -227,36 +145,20 @@ class Gateway:
     async def _place(
         self, decision: RouteDecision, *, exclude: Collection[str] = ()
     ) -> tuple[RouteDecision, Replica]:
-        replica = choose_replica(self.pool.replicas, decision.adapter, self.loader.is_resident,
-                                 now=time.monotonic(), exclude=exclude)
+        replica = self.fleet.choose(decision.adapter, exclude)
         if replica is None:
             raise UpstreamUnavailableError("No upstream model server is ready. Try again shortly.")
         if decision.adapter is None:
             return decision, replica
-        entry = self.registry.get(decision.adapter)
+        entry = self.fleet.registry.get(decision.adapter)
         assert entry is not None, "routing table and registry disagree"
         try:
-            await self.ensure_adapter(replica, entry)
+            await self.fleet.ensure_adapter(replica, entry)
         except AdapterLoadError as exc:
             logger.warning("adapter %s unavailable on %s: %s", entry.name, replica.name, exc)
             return fall_back(decision, RouteReason.ADAPTER_UNAVAILABLE), replica
-        self.loader.acquire(replica.url, entry.name)  # not evictable while this request runs
+        self.fleet.pin(replica, entry.name)  # not evictable while this request runs
         return decision, replica
-
-    async def ensure_adapter(self, replica: Replica, entry: AdapterEntry) -> None:
-        """Load ``entry`` on ``replica`` unless resident, counting the load; raises
-        AdapterLoadError."""
-        try:
-            seconds = await self.loader.ensure_loaded(replica.url, entry)
-        except AdapterLoadError:
-            self.metrics.adapter_loads.labels(replica.name, entry.name, "failed").inc()
-            raise
-        if seconds is not None:
-            self.metrics.adapter_loads.labels(replica.name, entry.name, "loaded").inc()
-            self.metrics.adapter_load_duration.labels(replica.name).observe(seconds)
-            self.metrics.adapters_resident.labels(replica.name).set(
-                len(self.loader.resident(replica.url))
-            )
 
     # ----------------------------------------------------------------- serving
     async def serve(
@@ -272,7 +174,7 @@ class Gateway:
         request_id = f"slm-{random.getrandbits(128):032x}"
         try:
             check_request(body, self.settings.limits)
-            self._rate_limit(request, body)
+            await self._rate_limit(request, body)
             await self._admit()
         except GatewayError as exc:
             # Refused before taking a slot: bad input, over the key's budget, overloaded.
@@ -332,14 +234,14 @@ class Gateway:
                         request_id, replica.name, next_place[1].name)
             decision, replica = next_place
 
-    def _rate_limit(
+    async def _rate_limit(
         self, request: Request, body: ChatCompletionRequest | CompletionRequest
     ) -> None:
         if not self.limiter.enabled:
             return
         key_id = getattr(request.state, "key_id", ANONYMOUS)
         tokens = estimate_tokens(body, self.settings.limits.default_max_tokens)
-        wait, limit = self.limiter.check(key_id, tokens, time.monotonic())
+        wait, limit = await self.limiter.check(key_id, tokens)
         if limit is None:
             return
         self.metrics.rejected.labels("rate_limited").inc()
@@ -489,7 +391,7 @@ class Gateway:
     def _release_replica(self, replica: Replica, decision: RouteDecision) -> None:
         replica.outstanding -= 1
         if decision.adapter is not None:
-            self.loader.release(replica.url, decision.adapter)
+            self.fleet.unpin(replica, decision.adapter)
         self.metrics.in_flight.labels(replica.name).dec()
 
     def _publish_breaker(self, replica: Replica) -> None:
@@ -559,7 +461,7 @@ class Gateway:
         if isinstance(error, UpstreamError) and status_code == 404:
             # The replica lost an adapter we believed resident (e.g. it restarted between
             # health checks): forget its state so the next request reloads.
-            self.loader.forget_replica(replica.url)
+            self.fleet.loader.forget_replica(replica.url)
         return error
 
 

@@ -61,12 +61,12 @@ async def list_models(gateway: GatewayDep) -> dict[str, Any]:
         card(BASE_MODEL, "base", upstream_model=gateway.settings.upstream.served_model_name),
     ]
     data += [
-        card(domain, "domain", adapter=gateway.table.active.get(domain))
-        for domain in sorted(gateway.table.domains)
+        card(domain, "domain", adapter=gateway.fleet.table.active.get(domain))
+        for domain in sorted(gateway.fleet.table.domains)
     ]
     data += [
         card(e.name, "adapter", domain=e.domain, version=e.version, status=e.status.value)
-        for e in gateway.registry
-        if e.name in gateway.table.adapters
+        for e in gateway.fleet.registry
+        if e.name in gateway.fleet.table.adapters
     ]
     return {"object": "list", "data": data}
