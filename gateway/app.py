@@ -32,7 +32,7 @@ from gateway.metrics import ENDPOINT_LABELS, NONE, Metrics
 from gateway.proxy import Gateway
 from gateway.settings import Settings
 from gateway.shadow import ShadowEvaluator
-from gateway.state import SHADOW_ROLE, open_backend
+from gateway.state import SHADOW_ROLE, StateBackend, open_backend
 from gateway.state.lease import Leadership
 from gateway.state.sync import StateSync
 from gateway.upstream import ReplicaPool
@@ -68,6 +68,7 @@ def create_app(
     metrics: Metrics | None = None,
     shadow_items: Sequence[DomainItem] | None = None,
     engine: EngineSupervisor | None = None,
+    state: StateBackend | None = None,
 ) -> FastAPI:
     """Build the gateway. ``transport`` lets tests put a fake upstream behind httpx.
 
@@ -77,6 +78,8 @@ def create_app(
     evaluator's items (default: the evaluation suite, loaded in a thread at start).
     ``engine``: the embedded vLLM's supervisor (`slm-gateway run`), run as a lifespan task
     when ``settings.engine.supervise``; its configuration shows in /readyz and metrics.
+    ``state``: the state backend (default: as ``settings.state`` says); tests share one
+    :class:`gateway.state.memory.MemoryState` between several apps.
     """
     # Validate the registry now, so a bad config fails before the server binds.
     registry = build_registry(settings)
@@ -112,10 +115,10 @@ def create_app(
         # capped the gateway at ~250 req/s with 32 clients; aiohttp's pool behind the same httpx
         # API does not (see loadtests/bench_overhead.py). Tests pass a MockTransport instead.
         upstream_transport = transport or AiohttpTransport(limits=limits)
-        state = open_backend(settings.state, metrics)
-        await state.start()
+        backend = state or open_backend(settings.state, metrics)
+        await backend.start()
         async with contextlib.AsyncExitStack() as stack:
-            stack.push_async_callback(state.close)
+            stack.push_async_callback(backend.close)
             client = await stack.enter_async_context(
                 httpx.AsyncClient(transport=upstream_transport, timeout=timeout))
             loader = AdapterManager(
@@ -127,7 +130,7 @@ def create_app(
                 up.base_urls(), client, metrics, health_interval_s=up.health_interval_s,
                 breaker_failures=up.breaker_failures, breaker_cooldown_s=up.breaker_cooldown_s,
             )
-            fleet = AdapterFleet(settings, pool, loader, metrics, registry, state)
+            fleet = AdapterFleet(settings, pool, loader, metrics, registry, backend)
             gate = GateState(metrics)
             fleet.on_change(gate.follow)  # verdicts are per version: follow the active ones
             await fleet.seed()  # the stored registry, or ours stored as its first version
@@ -141,8 +144,8 @@ def create_app(
                 metrics=metrics,
                 classifier=service,
                 keys=keys,
-                state=state,
-                limiter=state.limiter(caps.requests_per_minute, caps.tokens_per_minute),
+                state=backend,
+                limiter=backend.limiter(caps.requests_per_minute, caps.tokens_per_minute),
                 admission=Admission(caps.max_in_flight, caps.max_queue, caps.queue_timeout_s),
             )
             # A replica that comes (back) up gets the active adapters loaded again.
@@ -155,15 +158,15 @@ def create_app(
                     fleet, gate, client, settings.shadow, metrics,
                     general_model=up.served_model_name,
                     user_load=lambda: sum(r.outstanding for r in pool.replicas),
-                    state=state, holder=holder,
+                    state=backend, holder=holder,
                     evidence_interval_s=settings.state.evidence_interval_s,
                     items=shadow_items, load_items=lambda n: suite_items(per_domain=n))
                 gateway.shadow = shadow
-                gateway.leadership = Leadership(state, SHADOW_ROLE, holder,
+                gateway.leadership = Leadership(backend, SHADOW_ROLE, holder,
                                                 settings.state.lease_ttl_s, metrics)
-            if state.shared:
+            if backend.shared:
                 leadership = gateway.leadership
-                sync = StateSync(state, fleet, gate, settings.state.poll_interval_s,
+                sync = StateSync(backend, fleet, gate, settings.state.poll_interval_s,
                                  leading=lambda: leadership is not None and leadership.leading)
                 tasks.append(asyncio.create_task(sync.run(), name="state-sync"))
             app.state.gateway = gateway

@@ -38,7 +38,11 @@ class MemoryState:
     kind = "memory"
     shared = False
 
-    def __init__(self, metrics: Metrics, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, metrics: Metrics, clock: Callable[[], float] = time.monotonic, *,
+                 shared: bool = False) -> None:
+        # shared=True: several apps in one process use this object as their common store
+        # (tests); they then poll it like instances poll Redis.
+        self.shared = shared
         self.health = StateHealth(metrics, self.kind)
         self._clock = clock
         self._documents: dict[str, Snapshot] = {}
