@@ -210,25 +210,12 @@ class SharedLimiter:
             return await self.local.check(key_id, tokens)
 
     async def _check(self, key_id: str, tokens: int) -> tuple[float, str | None]:
-        limits = [(item, cost, name) for item, cost, name in
-                  ((self._requests, 1, "requests"), (self._tokens, tokens, "tokens"))
-                  if item is not None]
-        if len(limits) == 1:
-            item, cost, name = limits[0]
-            if await self._strategy.hit(item, key_id, cost=cost):
-                return 0.0, None
-            return await self._wait(item, key_id), name
-        # Both must have room before either is charged (two round trips, each concurrent);
-        # two instances racing between test and hit may let one request through a hair early.
-        room = await asyncio.gather(*(self._strategy.test(item, key_id, cost=cost)
-                                      for item, cost, _ in limits))
-        for (item, _, name), ok in zip(limits, room, strict=True):
-            if not ok:
-                return await self._wait(item, key_id), name
-        hits = await asyncio.gather(*(self._strategy.hit(item, key_id, cost=cost)
-                                      for item, cost, _ in limits))
-        for (item, _, name), ok in zip(limits, hits, strict=True):
-            if not ok:
+        # One atomic check-and-charge per limit, requests first. Unlike the in-process buckets
+        # (both checked, then both charged) a request refused for tokens has used one request
+        # of the minute: testing both before charging would double the round trips (measured
+        # in loadtests/bench_state.py), and a refused request is still a request.
+        for item, cost, name in ((self._requests, 1, "requests"), (self._tokens, tokens, "tokens")):
+            if item is not None and not await self._strategy.hit(item, key_id, cost=cost):
                 return await self._wait(item, key_id), name
         return 0.0, None
 
