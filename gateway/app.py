@@ -30,6 +30,7 @@ from gateway.gates import GateState
 from gateway.limits import Admission, KeyRing
 from gateway.metrics import ENDPOINT_LABELS, NONE, Metrics
 from gateway.proxy import Gateway
+from gateway.responses import LocalResponseDirectory
 from gateway.settings import Settings
 from gateway.shadow import ShadowEvaluator
 from gateway.state import SHADOW_ROLE, StateBackend, open_backend
@@ -145,6 +146,7 @@ def create_app(
                 classifier=service,
                 keys=keys,
                 state=backend,
+                responses=LocalResponseDirectory(up.response_owners),
                 limiter=backend.limiter(caps.requests_per_minute, caps.tokens_per_minute),
                 admission=Admission(caps.max_in_flight, caps.max_queue, caps.queue_timeout_s),
             )

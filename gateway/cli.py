@@ -213,7 +213,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         # The gateway keeps no more adapters registered than this vLLM caches.
         capacity = min(settings.adapters.max_per_replica, engine_settings.max_cpu_loras)
         settings = settings.model_copy(update={
-            "upstream": settings.upstream.model_copy(update={"urls": [url]}),
+            "upstream": settings.upstream.model_copy(update={
+                "urls": [url],
+                "tool_calls": (settings.upstream.tool_calls
+                               or bool(engine_settings.tool_call_parser)),
+            }),
             "adapters": settings.adapters.model_copy(update={"max_per_replica": capacity}),
         })
         supervisor = EngineSupervisor(

@@ -98,6 +98,8 @@ def vllm_command(settings: EngineSettings, model_path: Path, served_name: str,
         str(settings.max_lora_rank),
         "--max-model-len",
         str(settings.max_model_len),
+        *(["--enable-auto-tool-choice", "--tool-call-parser", settings.tool_call_parser]
+          if settings.tool_call_parser else []),
         *settings.extra_args,
     ]
 
@@ -111,6 +113,8 @@ def vllm_environment(settings: EngineSettings, extra: dict[str, str] | None = No
     env.setdefault("VLLM_NO_USAGE_STATS", "1")
     env.setdefault("DO_NOT_TRACK", "1")
     env.setdefault("HF_HUB_OFFLINE", "1")
+    if settings.responses_store:
+        env["VLLM_ENABLE_RESPONSES_API_STORE"] = "1"
     return env
 
 

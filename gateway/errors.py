@@ -14,7 +14,8 @@
     └── UpstreamTimeoutError        504  the upstream did not answer in time
 
 Once a stream has answered 200, a later error is sent as an SSE ``data: {"error": ...}`` frame
-followed by ``data: [DONE]``; the openai SDK raises it as ``APIError``.
+followed by ``data: [DONE]``; the openai SDK raises it as ``APIError``. A Responses API stream
+gets the Responses API's ``error`` event instead (see :func:`responses_sse_error_frame`).
 """
 
 from __future__ import annotations
@@ -172,6 +173,24 @@ def error_response(exc: GatewayError, headers: dict[str, str] | None = None) -> 
 
 def sse_error_frame(exc: GatewayError) -> bytes:
     return b"data: " + json.dumps(exc.body()).encode() + b"\n\ndata: [DONE]\n\n"
+
+
+def responses_sse_error_frame(exc: GatewayError, sequence_number: int) -> bytes:
+    """The Responses API's stream error: ``event: error`` whose data has that event's fields
+    (type, code, message, param, sequence_number) and also the usual envelope under ``error``,
+    which the openai SDK raises as ``APIError`` (as for chat). No ``[DONE]``: Responses
+    streams have none."""
+    envelope = exc.body()
+    detail = envelope["error"]
+    event = {
+        "type": "error",
+        "code": detail["code"] or detail["type"],
+        "message": detail["message"],
+        "param": detail["param"],
+        "sequence_number": sequence_number,
+        **envelope,
+    }
+    return b"event: error\ndata: " + json.dumps(event).encode() + b"\n\n"
 
 
 def validation_error(exc: RequestValidationError) -> InvalidRequestError:

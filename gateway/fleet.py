@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Collection, Iterable
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Sequence
 from typing import Any
 
 from pydantic import ValidationError
@@ -323,9 +323,12 @@ class AdapterFleet:
 
     # ----------------------------------------------------------------- one request's adapter
     def choose(self, adapter: str | None, exclude: Collection[str] = (),
-               now: float | None = None) -> Replica | None:
-        """The replica for a request for ``adapter`` (None: the base): LoRA affinity + load."""
-        return choose_replica(self.pool.replicas, adapter, self.loader.is_resident,
+               now: float | None = None, replicas: Sequence[Replica] | None = None
+               ) -> Replica | None:
+        """The replica for a request for ``adapter`` (None: the base), among ``replicas``
+        (default: all): LoRA affinity + load."""
+        return choose_replica(self.pool.replicas if replicas is None else replicas, adapter,
+                              self.loader.is_resident,
                               now=time.monotonic() if now is None else now, exclude=exclude)
 
     async def ensure_adapter(self, replica: Replica, entry: AdapterEntry) -> None:

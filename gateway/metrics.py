@@ -11,7 +11,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 NONE = "none"
 # API path -> the bounded `endpoint` label.
-ENDPOINT_LABELS = {"/v1/chat/completions": "chat", "/v1/completions": "completions"}
+ENDPOINT_LABELS = {"/v1/chat/completions": "chat", "/v1/completions": "completions",
+                   "/v1/responses": "responses"}
 
 # Latency buckets fitted to a CPU-served small model: from sub-second chat turns to long streams.
 _LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)

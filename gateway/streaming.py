@@ -17,7 +17,7 @@ import httpx
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from gateway.errors import UpstreamError, UpstreamTimeoutError, sse_error_frame
+from gateway.errors import GatewayError, UpstreamError, UpstreamTimeoutError, sse_error_frame
 
 logger = logging.getLogger(__name__)
 
@@ -42,13 +42,19 @@ class RelayResponse(StreamingResponse):
         on_close: Callable[[], None],
         first_chunk_deadline: float | None = None,
         deadline: float | None = None,
+        error_frame: Callable[[GatewayError], bytes] = sse_error_frame,
+        watch: Callable[[bytes], None] | None = None,
     ) -> None:
+        """``error_frame`` writes the API's stream error (chat's ``data: {"error"}``, the
+        Responses API's ``error`` event); ``watch`` sees every chunk as it is relayed."""
         # Event-loop times: the first chunk must arrive by the first, the last by the second.
         self._first_deadline = first_chunk_deadline
         self._deadline = deadline
         self._upstream = upstream
         self._on_close = on_close
         self._closed = False
+        self._error_frame = error_frame
+        self._watch = watch
         super().__init__(
             self._relay(on_first_chunk, on_stream_error),
             media_type="text/event-stream",
@@ -71,20 +77,22 @@ class RelayResponse(StreamingResponse):
                 if first:
                     first = False
                     on_first_chunk()
+                if self._watch is not None:
+                    self._watch(chunk)
                 yield chunk
         except TimeoutError:
             on_stream_error("deadline")
             what = "the first token" if first else "the whole answer"
-            yield sse_error_frame(
+            yield self._error_frame(
                 UpstreamTimeoutError(f"The upstream model server did not send {what} in time.")
             )
         except httpx.TimeoutException:
             on_stream_error("stream_timeout")
-            yield sse_error_frame(UpstreamError("The upstream stopped sending for too long."))
+            yield self._error_frame(UpstreamError("The upstream stopped sending for too long."))
         except httpx.HTTPError as exc:
             logger.warning("upstream stream interrupted: %s", type(exc).__name__)
             on_stream_error("stream")
-            yield sse_error_frame(UpstreamError("The upstream stream was interrupted."))
+            yield self._error_frame(UpstreamError("The upstream stream was interrupted."))
         finally:
             with contextlib.suppress(Exception):
                 await chunks.aclose()  # type: ignore[attr-defined]

@@ -57,14 +57,17 @@ class Config:
     preload: bool = True
     bind_all_cores: bool = True
     quantization: str = "w4a16"
+    lora_fast_path: bool = True  # the plugin's one-adapter LoRA path (adapters/vllm_cpu_fix.py)
 
 
 CONFIGS = [
     Config("chosen (this CPU)"),
+    Config("LoRA fast path off", lora_fast_path=False),
     Config("float32", dtype="float32"),
     Config("no preload", preload=False),
     Config("vLLM defaults (before)", preload=False, bind_all_cores=False),
     Config("AVX2: chosen", force_isa="avx2"),
+    Config("AVX2: LoRA fast path off", force_isa="avx2", lora_fast_path=False),
     Config("AVX2: bfloat16", force_isa="avx2", dtype="bfloat16"),
     Config("AVX2: no preload", force_isa="avx2", preload=False),
     Config("AVX2: bf16 base, vLLM defaults (before)", force_isa="avx2", preload=False,
@@ -166,6 +169,8 @@ def run_config(config: Config, adapter: tuple[str, str], tokens: int, repeats: i
     plan = plan_engine(settings)
     base = prepare_base(ROOT / ".cache" / "models", quantization=plan.choice.quantization)
     engine = EmbeddedEngine(settings, base.path, BASE_NAME, plan=plan)
+    if not config.lora_fast_path:
+        engine.env["SLM_GATEWAY_LORA_FAST_PATH"] = "0"
     started = time.perf_counter()
     engine.start()
     try:

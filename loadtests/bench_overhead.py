@@ -6,10 +6,13 @@ serve``, LiteLLM's proxy (its own venv, ``make bench-deps``) and a plain nginx r
 closed-loop load (``--concurrency`` clients) goes to every target, including the upstream
 directly, in alternating rounds, so drift on this noisy machine hits all alike. Reported per
 target: throughput, p50/p95/p99 latency (non-streaming: full answer; streaming: time to first
-chunk), the latency each proxy adds over the direct call, and the issue's target ratios.
+chunk), the latency each proxy adds over the direct call, and the issue's target ratios. Chat
+completions, and the Responses API (``responses_*`` modes: POST /v1/responses, where the first
+chunk is the ``response.created`` event) at the loaded concurrency.
 
     python -m loadtests.bench_overhead [--concurrency 32] [--requests 4000] [--rounds 4]
                                        [--targets direct,slm-gateway,litellm,nginx]
+                                       [--modes non_streaming,responses_streaming_ttfc,...]
 
 A proxy that is not installed is skipped with a note (``make bench`` installs both). Results go
 to ``results/bench_overhead.json``; ``python -m loadtests.report`` renders BENCHMARKS.md. The fake
@@ -44,8 +47,24 @@ from loadtests.servers import (
     process,
 )
 
-BODY = {"messages": [{"role": "user", "content": "Say hello in five words."}], "max_tokens": 8}
+CHAT = ("/v1/chat/completions",
+        {"messages": [{"role": "user", "content": "Say hello in five words."}], "max_tokens": 8})
+# store=False: nothing kept upstream (OpenAI's default would store every benchmark answer).
+RESPONSES = ("/v1/responses",
+             {"input": "Say hello in five words.", "max_output_tokens": 8, "store": False})
 TARGETS = ("direct", "slm-gateway", "litellm", "nginx")
+# mode -> (streamed, one client, API). The loaded runs (throughput, tails under queueing) and a
+# one-client run: per-request cost without queueing, where nginx's added p50 is a meaningful
+# floor (at 32 clients it is at or below zero: nginx's pooled upstream connections even beat
+# direct calls).
+MODES = {
+    "non_streaming": (False, False, CHAT),
+    "streaming_ttfc": (True, False, CHAT),
+    "non_streaming_1_client": (False, True, CHAT),
+    "streaming_ttfc_1_client": (True, True, CHAT),
+    "responses_non_streaming": (False, False, RESPONSES),
+    "responses_streaming_ttfc": (True, False, RESPONSES),
+}
 PROXIES = ("slm-gateway", "litellm", "nginx")
 
 
@@ -55,12 +74,11 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[index]
 
 
-async def _batch(session: aiohttp.ClientSession, url: str, model: str, stream: bool,
+async def _batch(session: aiohttp.ClientSession, url: str, body: bytes, stream: bool,
                  requests: int, concurrency: int) -> tuple[list[float], int, float]:
     latencies: list[float] = []
     errors = 0
     remaining = requests
-    body = json.dumps({**BODY, "model": model, "stream": stream}).encode()
     headers = {"content-type": "application/json", "authorization": "Bearer bench"}
 
     async def worker() -> None:
@@ -89,17 +107,24 @@ async def _batch(session: aiohttp.ClientSession, url: str, model: str, stream: b
 
 
 async def measure(targets: dict[str, tuple[str, str]], *, stream: bool, requests: int,
-                  concurrency: int, rounds: int) -> dict[str, dict[str, float]]:
+                  concurrency: int, rounds: int,
+                  api: tuple[str, dict[str, object]] = CHAT) -> dict[str, dict[str, float]]:
+    """``targets``: name -> (base URL, model name); ``api``: (path, body without model)."""
+    path, template = api
+    requests_for = {
+        name: (f"{base}{path}", json.dumps({**template, "model": model, "stream": stream}).encode())
+        for name, (base, model) in targets.items()
+    }
     connector = aiohttp.TCPConnector(limit=concurrency * 2)
     results: dict[str, dict[str, list[float]]] = {
         name: {"lat": [], "elapsed": [], "errors": []} for name in targets
     }
     async with aiohttp.ClientSession(connector=connector) as session:
-        for url, model in targets.values():  # warm-up: connections, caches
-            await _batch(session, url, model, stream, concurrency * 4, concurrency)
+        for url, body in requests_for.values():  # warm-up: connections, caches
+            await _batch(session, url, body, stream, concurrency * 4, concurrency)
         for _ in range(rounds):
-            for name, (url, model) in targets.items():
-                lat, errors, elapsed = await _batch(session, url, model, stream,
+            for name, (url, body) in requests_for.items():
+                lat, errors, elapsed = await _batch(session, url, body, stream,
                                                     requests // rounds, concurrency)
                 results[name]["lat"] += lat
                 results[name]["elapsed"].append(elapsed)
@@ -161,12 +186,17 @@ def main() -> None:
                         help="fake upstream time before answering / first chunk")
     parser.add_argument("--chunks", type=int, default=8)
     parser.add_argument("--chunk-delay-ms", type=float, default=5.0)
+    parser.add_argument("--modes", default=",".join(MODES),
+                        help="comma-separated subset of " + ",".join(MODES))
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "bench_overhead.json")
     args = parser.parse_args()
     wanted = [t for t in args.targets.split(",") if t]
     unknown = set(wanted) - set(TARGETS)
     if unknown or "direct" not in wanted:
         parser.error(f"--targets: choose from {', '.join(TARGETS)}; 'direct' is required")
+    modes = [m for m in args.modes.split(",") if m]
+    if not modes or set(modes) - set(MODES):
+        parser.error(f"--modes: choose from {', '.join(MODES)}")
 
     workdir = ROOT / "var" / "bench"
     upstream_port = free_port()
@@ -183,7 +213,7 @@ def main() -> None:
         "skipped": {},
     }
     skipped: dict[str, str] = report["skipped"]  # type: ignore[assignment]
-    targets: dict[str, tuple[str, str]] = {"direct": (f"{upstream}/v1/chat/completions", MODEL)}
+    targets: dict[str, tuple[str, str]] = {"direct": (upstream, MODEL)}
     with ExitStack() as stack:
         stack.enter_context(process(fake, f"{upstream}/health"))
         if "slm-gateway" in wanted:
@@ -194,14 +224,14 @@ def main() -> None:
             env = gateway_env(port, upstream, ROUTING__CLASSIFIER="false")
             stack.enter_context(process([sys.executable, "-m", "gateway.cli", "serve"],
                                         f"http://127.0.0.1:{port}/readyz", env))
-            targets["slm-gateway"] = (f"http://127.0.0.1:{port}/v1/chat/completions", "base")
+            targets["slm-gateway"] = (f"http://127.0.0.1:{port}", "base")
         if "litellm" in wanted:
             if LITELLM.exists():
                 port = free_port()
                 cmd, env = litellm_command(port, upstream, MODEL, workdir / "litellm")
                 stack.enter_context(process(cmd, f"http://127.0.0.1:{port}/health/liveliness",
                                             env, timeout=120, log=workdir / "litellm.log"))
-                targets["litellm"] = (f"http://127.0.0.1:{port}/v1/chat/completions", "base")
+                targets["litellm"] = (f"http://127.0.0.1:{port}", "base")
             else:
                 skipped["litellm"] = f"{LITELLM} not found: run `make bench-deps`"
         if "nginx" in wanted:
@@ -209,22 +239,18 @@ def main() -> None:
                 port = free_port()
                 stack.enter_context(process(nginx_command(port, upstream_port, workdir / "nginx"),
                                             f"http://127.0.0.1:{port}/health"))
-                targets["nginx"] = (f"http://127.0.0.1:{port}/v1/chat/completions", MODEL)
+                targets["nginx"] = (f"http://127.0.0.1:{port}", MODEL)
             else:
                 skipped["nginx"] = f"{NGINX} not found: run `make bench-deps` (Debian nginx)"
         for name, why in skipped.items():
             print(f"skipping {name}: {why}", file=sys.stderr)
 
-        # The loaded runs (throughput, tails under queueing) and a one-client run: per-request
-        # cost without queueing, where nginx's added p50 is a meaningful floor (at 32 clients
-        # it is at or below zero: nginx's pooled upstream connections even beat direct calls).
-        modes = [("non_streaming", False, args.concurrency, args.requests),
-                 ("streaming_ttfc", True, args.concurrency, args.requests),
-                 ("non_streaming_1_client", False, 1, args.sequential_requests),
-                 ("streaming_ttfc_1_client", True, 1, args.sequential_requests)]
-        for mode, stream, concurrency, requests in modes:
+        for mode in modes:
+            stream, one_client, api = MODES[mode]
+            concurrency = 1 if one_client else args.concurrency
+            requests = args.sequential_requests if one_client else args.requests
             summary = asyncio.run(measure(targets, stream=stream, requests=requests,
-                                          concurrency=concurrency, rounds=args.rounds))
+                                          concurrency=concurrency, rounds=args.rounds, api=api))
             result: dict[str, object] = {"concurrency": concurrency, "targets": summary,
                                          "added": added_latency(summary)}
             result["checks"] = targets_check(result)

@@ -2,10 +2,13 @@
 
 Each request draws a domain from the configured mix, a prompt of that domain (the evaluation
 suite's test items and the router's held-out realistic requests), streaming or not, and either
-``model: "auto"`` or the domain id. Requests are named ``chat/<domain>`` and ``stream/<domain>``
-(the domain the prompt belongs to), so locust's statistics are per domain; streams also report
-their time to first token as request type ``TTFT``. A stream counts as failed when it carries an
-error event or ends without ``[DONE]``.
+``model: "auto"`` or the domain id, as a chat completion or (``load.responses_share``) through
+the Responses API. Requests are named ``chat/<domain>``, ``stream/<domain>``,
+``responses/<domain>`` and ``responses-stream/<domain>`` (the domain the prompt belongs to), so
+locust's statistics are per domain; streams also report their time to first token as request
+type ``TTFT``. A chat stream counts as failed when it carries an error event or ends without
+``[DONE]``, a Responses stream when it carries an ``error`` event or ends without
+``response.completed``.
 
 The load shape and thresholds come from ``--slo-config`` (``loadtests/slo.yaml``, what
 ``python -m loadtests.slo_gate`` passes); with it, the run's exit code is the SLO verdict and the
@@ -115,9 +118,16 @@ class OpenAIUser(HttpUser):
         domain = random.choices(_traffic.domains, _traffic.weights)[0]
         auto = domain == OUT_OF_TAXONOMY or random.random() < shape.auto_share
         stream = random.random() < shape.stream_share
+        prompt = random.choice(_traffic.pools[domain])
+        if random.random() < shape.responses_share:
+            self._respond({"model": "auto" if auto else domain, "input": prompt,
+                           "max_output_tokens": shape.max_tokens, "temperature": 0,
+                           "stream": stream},
+                          f"responses-stream/{domain}" if stream else f"responses/{domain}")
+            return
         body = {
             "model": "auto" if auto else domain,
-            "messages": [{"role": "user", "content": random.choice(_traffic.pools[domain])}],
+            "messages": [{"role": "user", "content": prompt}],
             "max_tokens": shape.max_tokens,
             "temperature": 0,
             "stream": stream,
@@ -176,14 +186,59 @@ class OpenAIUser(HttpUser):
                 response.failure("stream ended without [DONE]")
 
 
+    def _respond(self, body: dict[str, Any], name: str) -> None:
+        """One Responses API request: the answer must be a completed response; a stream must
+        end with ``response.completed`` and carry no ``error`` event."""
+        started = time.perf_counter()
+        with self.client.post("/v1/responses", json=body, name=name, stream=body["stream"],
+                              headers=_traffic.headers if _traffic else {},
+                              catch_response=True) as response:
+            if response.status_code != 200:
+                response.failure(f"HTTP {response.status_code}: {_error_message(response.text)}")
+                return
+            if not body["stream"]:
+                try:
+                    if response.json()["status"] != "completed":
+                        response.failure(f"response status {response.json()['status']}")
+                except (ValueError, KeyError, TypeError):
+                    response.failure("the answer is not a response object")
+                return
+            first_token = None
+            completed = False
+            error = None
+            for line in response.iter_lines():
+                if not line.startswith(b"data:"):
+                    continue
+                event = json.loads(line[5:])
+                kind = event.get("type")
+                if kind == "error" or (kind is None and "error" in event):
+                    error = _error_message(json.dumps(event))
+                    break
+                if kind == "response.completed":
+                    completed = True
+                    break
+                if first_token is None and kind == "response.output_text.delta" and \
+                        event.get("delta"):
+                    first_token = time.perf_counter() - started
+                    events.request.fire(request_type=TTFT, name=name,
+                                        response_time=first_token * 1000, response_length=0,
+                                        exception=None, context={})
+            response.request_meta["response_time"] = (time.perf_counter() - started) * 1000
+            if error is not None:
+                response.failure(f"error event in stream: {error}")
+            elif not completed:
+                response.failure("stream ended without response.completed")
+
+
 def _has_token(event: dict[str, Any]) -> bool:
     return any((choice.get("delta") or {}).get("content") for choice in event.get("choices", []))
 
 
 def _error_message(text: str) -> str:
     try:
-        return str(json.loads(text)["error"]["message"])[:200]
-    except (ValueError, KeyError, TypeError):
+        data = json.loads(text)
+        return str((data.get("error") or data)["message"])[:200]
+    except (ValueError, KeyError, TypeError, AttributeError):
         return text[:200]
 
 

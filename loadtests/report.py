@@ -19,6 +19,8 @@ MODES = {
     "streaming_ttfc": "streaming, time to first chunk",
     "non_streaming_1_client": "non-streaming, full answer",
     "streaming_ttfc_1_client": "streaming, time to first chunk",
+    "responses_non_streaming": "Responses API, non-streaming, full answer",
+    "responses_streaming_ttfc": "Responses API, streaming, time to first chunk",
 }
 
 

@@ -33,6 +33,9 @@ class LoadShape(BaseModel):
     max_tokens: int = Field(default=32, ge=1)
     stream_share: float = Field(default=0.5, ge=0, le=1)  # streamed requests (TTFT measured)
     auto_share: float = Field(default=0.5, ge=0, le=1)  # model "auto"; the rest name the domain
+    # Requests sent to the Responses API (POST /v1/responses, `input` + `max_output_tokens`);
+    # the rest are chat completions. Streamed ones use the same stream_share.
+    responses_share: float = Field(default=0.0, ge=0, le=1)
     # Relative weight per domain ("out_of_taxonomy": requests no domain covers, always "auto");
     # empty: every domain and out_of_taxonomy equally.
     domain_mix: dict[str, float] = {}

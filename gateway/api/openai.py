@@ -8,10 +8,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
-from gateway.errors import ERROR_RESPONSES
-from gateway.protocol import ChatCompletionRequest, CompletionRequest
+from gateway.errors import ERROR_RESPONSES, ModelNotFoundError
+from gateway.protocol import ChatCompletionRequest, CompletionRequest, ResponsesRequest
 from gateway.proxy import Gateway
-from router.policy import AUTO_MODEL, BASE_MODEL
+from router.policy import AUTO_MODEL, BASE_MODEL, decide
 
 
 async def get_gateway(request: Request) -> Gateway:
@@ -43,17 +43,49 @@ async def completions(request: Request, body: CompletionRequest, gateway: Gatewa
     return await gateway.serve(request, body, path="/v1/completions")
 
 
+@router.post("/v1/responses", responses=COMPLETION_RESPONSES)
+async def responses(request: Request, body: ResponsesRequest, gateway: GatewayDep) -> Response:
+    """OpenAI's Responses API, routed like chat; a stream is vLLM's typed events, relayed."""
+    return await gateway.serve(request, body, path="/v1/responses")
+
+
 @router.get("/v1/models")
 async def list_models(gateway: GatewayDep) -> dict[str, Any]:
+    return {"object": "list", "data": model_cards(gateway)}
+
+
+@router.get("/v1/models/{model:path}")
+async def retrieve_model(model: str, gateway: GatewayDep) -> dict[str, Any]:
+    """One of the models ``GET /v1/models`` lists, or the base model's served name (which
+    requests may name too); anything else is a 404 model_not_found."""
+    cards = model_cards(gateway)
+    if model in gateway.fleet.table.base_aliases and model != BASE_MODEL:
+        cards = [{**cards[1], "id": model}]
+    card = next((c for c in cards if c["id"] == model), None)
+    if card is None:
+        raise ModelNotFoundError(f"The model '{model}' does not exist.", param="model")
+    return card
+
+
+def model_cards(gateway: Gateway) -> list[dict[str, Any]]:
+    """OpenAI model objects (id, object, created, owned_by) with an ``slm`` extension: what
+    kind of model it is and ``route``, where a request naming it goes right now (domain,
+    adapter, reason: the quality gate included); ``route`` is null for ``auto`` (decided per
+    request)."""
     created = int(time.time())
 
     def card(model_id: str, kind: str, **extra: Any) -> dict[str, Any]:
+        route = None
+        if model_id != AUTO_MODEL:
+            decision = decide(model_id, None, gateway.fleet.table, gated=gateway.gate.gated)
+            route = {"domain": decision.domain, "adapter": decision.adapter,
+                     "reason": decision.reason.value}
         return {
             "id": model_id,
             "object": "model",
             "created": created,
             "owned_by": "slm-gateway",
-            "slm": {"kind": kind, **extra},
+            "slm": {"kind": kind, **extra, "route": route},
         }
 
     data = [
@@ -69,4 +101,4 @@ async def list_models(gateway: GatewayDep) -> dict[str, Any]:
         for e in gateway.fleet.registry
         if e.name in gateway.fleet.table.adapters
     ]
-    return {"object": "list", "data": data}
+    return data

@@ -104,6 +104,7 @@ def vllm(base_model: Path) -> Iterator[Vllm]:
         max_cpu_loras=4,
         log_file=LOGS / "e2e-vllm.log",
         startup_timeout_s=300,
+        responses_store=True,  # previous_response_id (test_responses)
     )
     # What `slm-gateway run` would pick on this machine (AVX-512 BF16: native 4-bit GEMM in
     # bf16; AVX2: the plugin's fallback GEMM in float32). tests/e2e/test_engine.py runs the

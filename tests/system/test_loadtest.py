@@ -31,6 +31,7 @@ def test_gate_passes_then_fails_when_a_threshold_is_below_what_the_system_achiev
             gateway_process(upstream) as (url, _):
         passed = gate(url, tmp_path / "pass")
         failed = gate(url, tmp_path / "fail", "slo.p95_latency_ms=1")
+        responses = gate(url, tmp_path / "responses", "load.responses_share=1.0")
     assert passed.returncode == 0, passed.stdout[-3000:] + passed.stderr[-3000:]
     verdict = json.loads((tmp_path / "pass" / "slo_report.json").read_text())
     assert verdict["passed"] and verdict["observed"]["failures"] == 0
@@ -46,6 +47,14 @@ def test_gate_passes_then_fails_when_a_threshold_is_below_what_the_system_achiev
     verdict = json.loads((tmp_path / "fail" / "slo_report.json").read_text())
     assert not verdict["passed"]
     assert any("p95 latency" in line for line in verdict["broken"])
+
+    # All traffic through the Responses API, streamed and not.
+    assert responses.returncode == 0, responses.stdout[-3000:] + responses.stderr[-3000:]
+    verdict = json.loads((tmp_path / "responses" / "slo_report.json").read_text())
+    names = set(verdict["per_name"])
+    assert any(n.startswith("POST responses/") for n in names)
+    assert any(n.startswith("TTFT responses-stream/") for n in names)
+    assert not any(n.startswith(("POST chat/", "POST stream/")) for n in names)
 
 
 def test_gate_refuses_to_run_without_a_ready_system(tmp_path: Path) -> None:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
 import httpx
 
+from loadtests.fake_upstream import response_not_found, responses_answer, responses_events
 from router.classifier import BatchResult
 from router.policy import Classification
 
@@ -26,6 +28,10 @@ class FakeVllm:
     on_completion: Callable[[httpx.Request, dict[str, object]], httpx.Response] | None = None
     # What each model answers (non-streaming); others say "Hello there".
     answers: dict[str, str] = field(default_factory=dict)
+    # Responses API: ids this replica stored (vLLM with VLLM_ENABLE_RESPONSES_API_STORE=1;
+    # False: like vLLM without it, which stores nothing and says nothing about it).
+    store_responses: bool = True
+    stored: list[str] = field(default_factory=list)
 
     def transport(self) -> httpx.MockTransport:
         return httpx.MockTransport(self.handle)
@@ -72,7 +78,35 @@ class FakeVllm:
                     200, headers={"content-type": "text/event-stream"}, content=sse(body["model"])
                 )
             return httpx.Response(200, json=completion(body["model"]))
+        if path == "/v1/responses":
+            self.requests.append(body)
+            if self.on_completion is not None:
+                return self.on_completion(request, body)
+            return self._responses(body)
         return httpx.Response(404, json={"detail": "Not Found"})
+
+    def _responses(self, body: dict[str, object]) -> httpx.Response:
+        model = str(body["model"])
+        if model != self.model and model not in self.loaded:
+            return httpx.Response(
+                404, json={"error": {"message": f"The model `{model}` does not exist."}})
+        previous = body.get("previous_response_id")
+        if previous is not None and previous not in self.stored:
+            return httpx.Response(404, json=response_not_found(str(previous)))
+        response_id = f"resp_{uuid.uuid4().hex}"
+        store = self.store_responses and body.get("store") is not False
+        if store:
+            self.stored.append(response_id)
+        if not body.get("stream"):
+            text = self.answers.get(model, "Hello there")
+            return httpx.Response(200, json=responses_answer(response_id, body, text))
+
+        async def events() -> AsyncIterator[bytes]:
+            for event in responses_events(response_id, body, ["Hello", " there"]):
+                yield event
+
+        return httpx.Response(200, headers={"content-type": "text/event-stream"},
+                              content=events())
 
 def completion(model: str, text: str = "Hello there") -> dict[str, object]:
     return {

@@ -109,3 +109,48 @@ def test_fallback_gemm_matches_the_native_kernel_where_the_library_has_it() -> N
     native = kernel.apply_weights(native_layer, x)  # type: ignore[attr-defined]
     fallback = dense_apply_weights(kernel, fallback_layer, x)
     assert torch.allclose(native.float(), fallback.float(), atol=2e-2, rtol=2e-2)
+
+
+# --- LoRA fast path: one adapter (or none) for every token of the step -------------------------
+
+def _stacked(slots: int, rank: int, sizes: tuple[int, ...], hidden: int, seed: int
+             ) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
+    gen = torch.Generator().manual_seed(seed)
+    a = tuple(torch.randn(slots, 1, rank, hidden, generator=gen) for _ in sizes)
+    b = tuple(torch.randn(slots, 1, size, rank, generator=gen) for size in sizes)
+    return a, b
+
+
+def _vllm_lora_linear(y: torch.Tensor, x: torch.Tensor, a: tuple[torch.Tensor, ...],
+                      b: tuple[torch.Tensor, ...], scale: float, sizes: tuple[int, ...],
+                      indices: torch.Tensor) -> None:
+    """vLLM-CPU's decode path (punica_cpu.add_lora_linear with bgmv ops), slice by slice."""
+    offset = 0
+    for a_i, b_i, size in zip(a, b, sizes, strict=True):
+        buffer = torch.zeros(x.shape[0], a_i.shape[-2], dtype=torch.float32)
+        lora_ops.bgmv_shrink(x, a_i, buffer, indices, scale)
+        lora_ops.bgmv_expand_slice(buffer, b_i, y, indices, offset, size, True)
+        offset += size
+
+
+def test_one_adapter_fast_path_adds_what_vllms_lora_kernels_add() -> None:
+    from adapters.vllm_cpu_fix import lora_linear_one_adapter
+
+    sizes, hidden = (48, 16, 16), 64  # a merged q/k/v projection
+    a, b = _stacked(slots=3, rank=8, sizes=sizes, hidden=hidden, seed=4)
+    x = torch.randn(5, hidden, generator=torch.Generator().manual_seed(5))
+    base = torch.randn(5, sum(sizes), generator=torch.Generator().manual_seed(6))
+    expected, fast = base.clone(), base.clone()
+    _vllm_lora_linear(expected, x, a, b, 0.5, sizes, torch.full((5,), 2))
+    lora_linear_one_adapter(fast, x, a, b, 0.5, sizes, slot=2)
+    assert not torch.allclose(expected, base)  # the adapter did change the output
+    assert torch.allclose(fast, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_uniform_index_names_the_shared_slot_or_none_for_mixed_steps() -> None:
+    from adapters.vllm_cpu_fix import uniform_index
+
+    assert uniform_index(torch.tensor([1, 1, 1])) == 1
+    assert uniform_index(torch.tensor([-1, -1])) == -1  # base requests only: LoRA skipped
+    assert uniform_index(torch.tensor([0, -1, 0])) is None  # mixed: vLLM's path
+    assert uniform_index(torch.tensor([], dtype=torch.long)) == -1
