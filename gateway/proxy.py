@@ -12,7 +12,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Awaitable, Collection
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
@@ -52,7 +52,7 @@ from gateway.responses import ResponseDirectory, ResponseStreamWatcher, stored_r
 from gateway.settings import Settings
 from gateway.state import Limiter, StateBackend
 from gateway.streaming import RelayResponse
-from gateway.upstream import Replica, ReplicaPool
+from gateway.upstream import CircuitBreaker, Replica, ReplicaPool
 from router.policy import (
     AUTO_MODEL,
     FALLBACK_REASONS,
@@ -198,20 +198,33 @@ class Gateway:
                 endpoint, NONE, NONE, NONE, status_class(exc.status_code)
             ).inc()
             return error_response(exc)
-        # A slot is held from here; _finish gives it back, whichever way the request ends.
-        original: RouteDecision | None = None
+        # A slot is held from here: the attempt gives it back, with whatever else it holds,
+        # when the request ends (here, or when its stream closes).
+        attempt = _Attempt(self.metrics, self.admission, self.fleet, endpoint, started)
         try:
-            original = await self.route(body)
+            return await self._serve_admitted(request, body, attempt, path, request_id, pinned)
+        finally:
+            if not attempt.streaming:
+                attempt.finish()
+
+    async def _serve_admitted(
+        self,
+        request: Request,
+        body: OpenAIRequest,
+        attempt: _Attempt,
+        path: str,
+        request_id: str,
+        pinned: str | None,
+    ) -> Response:
+        try:
+            original = attempt.decision = await self.route(body)
             if original.adapter is not None and not self.settings.upstream.lora_prompt_logprobs:
                 _refuse_prompt_logprobs(body)
             decision, replica = await self._place(original, pinned=pinned)
         except GatewayError as exc:
             # Refused before any upstream work (unknown model, no replica ready).
-            self._finish(None, original, (endpoint, NONE, NONE), exc.status_code, started)
+            attempt.status = exc.status_code
             return error_response(exc)
-        except BaseException:
-            self._finish(None, original, (endpoint, NONE, NONE), CLIENT_CLOSED, started)
-            raise
         if decision.reason in FALLBACK_REASONS:
             self.metrics.fallbacks.labels(decision.domain or NONE, decision.reason).inc()
         if (self.shadow is not None and body.model == AUTO_MODEL
@@ -225,13 +238,8 @@ class Gateway:
         tried: list[str] = []
         while True:
             body.model = decision.adapter or up.served_model_name
-            attempt = _Attempt(
-                replica=replica,
-                decision=decision,
-                labels=(endpoint, decision.domain or NONE, decision.adapter or NONE),
-                headers=route_headers(decision, request_id, self.gate_state(decision.domain)),
-                started=started,
-            )
+            attempt.try_on(replica, decision, route_headers(
+                decision, request_id, self.gate_state(decision.domain)))
             try:
                 return await self._forward(request, body, attempt, path, request_id, deadline)
             except _RetryableFailure as failure:
@@ -243,7 +251,7 @@ class Gateway:
                 with contextlib.suppress(GatewayError):
                     next_place = await self._place(original, exclude=tried, pinned=pinned)
             if next_place is None:
-                self._finish(None, decision, attempt.labels, error.status_code, started)
+                attempt.status = error.status_code
                 return error_response(error, attempt.headers)
             self.metrics.retries.labels(replica.name).inc()
             logger.info("request %s: %s failed before the first byte, retrying on %s",
@@ -301,16 +309,16 @@ class Gateway:
         deadline: float,
     ) -> Response:
         """One try on ``attempt.replica``. Raises _RetryableFailure when it failed before the
-        first byte reached the client (its accounting undone); otherwise answers and finishes."""
+        first byte reached the client (the attempt has let go of the replica); otherwise answers,
+        with the outcome recorded on the attempt (which the caller, or the stream, finishes)."""
         replica = attempt.replica
-        replica.outstanding += 1
-        self.metrics.in_flight.labels(replica.name).inc()
+        assert replica is not None
         try:
             payload = body.model_dump_json(exclude_unset=True).encode()
         except ValueError:  # what check_request cannot see: unencodable extension fields
             error = InvalidRequestError("The request is not valid Unicode JSON.",
                                         code="invalid_unicode")
-            self._finish(replica, attempt.decision, attempt.labels, 400, attempt.started)
+            attempt.status = 400
             return error_response(error, attempt.headers)
         upstream_request = httpx.Request(
             "POST",
@@ -319,9 +327,7 @@ class Gateway:
             headers={"content-type": "application/json", "x-request-id": request_id},
             extensions={"timeout": self._timeouts},
         )
-        replica.breaker.dispatched()
-        status = 500
-        finish_here = True  # False: the stream's close, or serve after a failover, finishes
+        attempt.dispatched()
         up = self.settings.upstream
         loop = asyncio.get_running_loop()
         try:
@@ -333,9 +339,7 @@ class Gateway:
                     content = await upstream.aread()
                     await upstream.aclose()
                     raise self._upstream_failure(replica, upstream.status_code, content, body)
-                finish_here = False
-                status = 200
-                replica.breaker.succeeded()
+                attempt.answered(200)
                 return self._stream(upstream, attempt, first_token_deadline, deadline, body)
 
             async with asyncio.timeout_at(deadline):
@@ -345,8 +349,7 @@ class Gateway:
             if upstream.status_code != 200:
                 raise self._upstream_failure(replica, upstream.status_code, upstream.content,
                                              body)
-            status = 200
-            replica.breaker.succeeded()
+            attempt.answered(200)
             if isinstance(body, ResponsesRequest):
                 response_id = stored_response_id(upstream.content,
                                                  requested=body.store is not False)
@@ -359,34 +362,25 @@ class Gateway:
                 headers=attempt.headers,
             )
         except ClientDisconnected:
-            status = CLIENT_CLOSED
-            replica.breaker.abandoned()
+            attempt.abandoned()
             return Response(status_code=CLIENT_CLOSED)
         except TimeoutError:
-            status = 504
             self.metrics.upstream_errors.labels(replica.name, "deadline").inc()
-            replica.breaker.failed(time.monotonic())
+            attempt.failed(504)
             what = "the first token" if body.stream else "the answer"
             return error_response(
                 UpstreamTimeoutError(f"The upstream model server did not send {what} in time."),
                 attempt.headers,
             )
         except GatewayError as exc:
-            status = exc.status_code
-            if status >= 500:
-                replica.breaker.failed(time.monotonic())
+            if exc.status_code >= 500:
+                attempt.failed(exc.status_code)
             else:  # the replica answered properly (e.g. vLLM refused the request as invalid)
-                replica.breaker.succeeded()
+                attempt.answered(exc.status_code)
             if exc.retryable:
-                # Undo this try's accounting; serve retries elsewhere or finishes the request.
-                finish_here = False
-                self._release_replica(replica, attempt.decision)
+                attempt.let_go()  # serve retries elsewhere or finishes the request
                 raise _RetryableFailure(exc) from None
             return error_response(exc, attempt.headers)
-        finally:
-            self._publish_breaker(replica)
-            if finish_here:
-                self._finish(replica, attempt.decision, attempt.labels, status, attempt.started)
 
     def _stream(
         self,
@@ -399,6 +393,7 @@ class Gateway:
         """Relay the stream; a Responses stream is also watched for the id it stores and ends,
         on error, with the Responses API's error event."""
         replica, labels = attempt.replica, attempt.labels
+        assert replica is not None
         watcher = None
         if isinstance(body, ResponsesRequest):
             watcher = ResponseStreamWatcher(
@@ -413,52 +408,18 @@ class Gateway:
         def stream_error(kind: str) -> None:
             self.metrics.upstream_errors.labels(replica.name, kind).inc()
 
-        def close() -> None:
-            self._finish(replica, attempt.decision, labels, 200, attempt.started)
-
+        attempt.streaming = True  # from here the stream's close finishes the request
         return RelayResponse(
             upstream,
             headers=attempt.headers,
             on_first_chunk=first_chunk,
             on_stream_error=stream_error,
-            on_close=close,
+            on_close=attempt.finish,
             first_chunk_deadline=first_token_deadline,
             deadline=deadline,
             error_frame=sse_error_frame if watcher is None else watcher.error_frame,
             watch=None if watcher is None else watcher.feed,
         )
-
-    def _release_replica(self, replica: Replica, decision: RouteDecision) -> None:
-        replica.outstanding -= 1
-        if decision.adapter is not None:
-            self.fleet.unpin(replica, decision.adapter)
-        self.metrics.in_flight.labels(replica.name).dec()
-
-    def _publish_breaker(self, replica: Replica) -> None:
-        self.metrics.breaker_state.labels(replica.name).set(int(replica.breaker.state))
-
-    def _finish(
-        self,
-        replica: Replica | None,
-        decision: RouteDecision | None,
-        labels: tuple[str, str, str],
-        status: int,
-        started: float,
-    ) -> None:
-        """The request is over: free its replica (None: it holds none) and its admission slot,
-        count it."""
-        if replica is not None and decision is not None:
-            self._release_replica(replica, decision)
-        self.admission.release()
-        self.metrics.admission_in_flight.set(self.admission.in_flight)
-        endpoint, domain, adapter = labels
-        reason = decision.reason if decision is not None else NONE
-        self.metrics.requests.labels(
-            endpoint, domain, adapter, reason, status_class(status)
-        ).inc()
-        if replica is not None:
-            self.metrics.replica_requests.labels(replica.name).inc()
-            self.metrics.request_duration.labels(*labels).observe(time.perf_counter() - started)
 
     async def _send(
         self, replica: Replica, upstream_request: httpx.Request, *, stream: bool
@@ -512,13 +473,90 @@ class Gateway:
         return error
 
 
-@dataclass
 class _Attempt:
-    replica: Replica
-    decision: RouteDecision
-    labels: tuple[str, str, str]
-    headers: dict[str, str]
-    started: float
+    """One admitted request and everything it holds: its admission slot and, while a try runs,
+    that replica's in-flight count and the adapter pinned there. :meth:`finish` gives all of it
+    back and counts the request, once, whichever way the request ended: answered, refused,
+    failed over to the end, cancelled, or (for a stream) closed. The breaker outcome of each
+    try is recorded here too, so one place keeps a replica's books."""
+
+    def __init__(self, metrics: Metrics, admission: Admission, fleet: AdapterFleet,
+                 endpoint: str, started: float) -> None:
+        self.metrics = metrics
+        self.admission = admission
+        self.fleet = fleet
+        self.started = started
+        self.labels = (endpoint, NONE, NONE)
+        self.headers: dict[str, str] = {}
+        self.decision: RouteDecision | None = None
+        self.replica: Replica | None = None  # held by the current try
+        self.served_by: Replica | None = None  # the last try's replica, for the metrics
+        self.status = CLIENT_CLOSED  # until something else happens, nobody got an answer
+        self.streaming = False  # the answer is a stream: its close finishes the request
+        self._finished = False
+
+    def try_on(self, replica: Replica, decision: RouteDecision, headers: dict[str, str]
+               ) -> None:
+        """A try on ``replica`` (``_place`` pinned the decision's adapter there)."""
+        self.replica = self.served_by = replica
+        self.decision = decision
+        self.labels = (self.labels[0], decision.domain or NONE, decision.adapter or NONE)
+        self.headers = headers
+        self.status = 500  # until the try says otherwise
+        replica.outstanding += 1
+        self.metrics.in_flight.labels(replica.name).inc()
+
+    def dispatched(self) -> None:
+        assert self.replica is not None
+        self.replica.breaker.dispatched()
+
+    def answered(self, status: int) -> None:
+        """The replica answered (a client error included): good news for its breaker."""
+        self._breaker(status, lambda breaker: breaker.succeeded())
+
+    def failed(self, status: int) -> None:
+        self._breaker(status, lambda breaker: breaker.failed(time.monotonic()))
+
+    def abandoned(self) -> None:
+        """The client left before the answer: no verdict on the replica."""
+        self._breaker(CLIENT_CLOSED, lambda breaker: breaker.abandoned())
+
+    def _breaker(self, status: int, record: Callable[[CircuitBreaker], None]) -> None:
+        assert self.replica is not None
+        self.status = status
+        record(self.replica.breaker)
+        self.metrics.breaker_state.labels(self.replica.name).set(
+            int(self.replica.breaker.state))
+
+    def let_go(self) -> None:
+        """Release the current try's replica (and adapter pin), keeping the slot: the request
+        fails over, or ends without one."""
+        replica, self.replica = self.replica, None
+        if replica is None:
+            return
+        self.served_by = None
+        replica.outstanding -= 1
+        if self.decision is not None and self.decision.adapter is not None:
+            self.fleet.unpin(replica, self.decision.adapter)
+        self.metrics.in_flight.labels(replica.name).dec()
+
+    def finish(self) -> None:
+        if self._finished:
+            return
+        self._finished = True
+        served_by = self.served_by
+        self.let_go()
+        self.admission.release()
+        self.metrics.admission_in_flight.set(self.admission.in_flight)
+        endpoint, domain, adapter = self.labels
+        reason = self.decision.reason if self.decision is not None else NONE
+        self.metrics.requests.labels(
+            endpoint, domain, adapter, reason, status_class(self.status)
+        ).inc()
+        if served_by is not None:
+            self.metrics.replica_requests.labels(served_by.name).inc()
+            self.metrics.request_duration.labels(*self.labels).observe(
+                time.perf_counter() - self.started)
 
 
 class _RetryableFailure(Exception):
