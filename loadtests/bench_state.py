@@ -51,7 +51,7 @@ def main() -> None:
     upstream = f"http://127.0.0.1:{upstream_port}"
     fake = [sys.executable, "-m", "loadtests.fake_upstream", "--port", str(upstream_port),
             "--delay-ms", str(args.delay_ms)]
-    targets: dict[str, tuple[str, str]] = {"direct": (f"{upstream}/v1/chat/completions", MODEL)}
+    targets: dict[str, tuple[str, str]] = {"direct": (upstream, MODEL)}
     with ExitStack() as stack:
         stack.enter_context(process(fake, f"{upstream}/health"))
         redis_url, _ = stack.enter_context(redis_server())
@@ -62,10 +62,13 @@ def main() -> None:
             env = gateway_env(port, upstream, ROUTING__CLASSIFIER="false", **LIMITS, **extra)
             stack.enter_context(process([sys.executable, "-m", "gateway.cli", "serve"],
                                         f"http://127.0.0.1:{port}/readyz", env))
-            targets[name] = (f"http://127.0.0.1:{port}/v1/chat/completions", "base")
+            targets[name] = (f"http://127.0.0.1:{port}", "base")
         summary = asyncio.run(measure(targets, stream=False, requests=args.requests,
                                       concurrency=args.concurrency, rounds=args.rounds))
 
+    failed = {name: row["errors"] for name, row in summary.items() if row["errors"]}
+    if failed:  # a refused or broken request measures nothing: never write such a run
+        raise SystemExit(f"requests failed: {failed}")
     added = added_latency(summary)
     local, shared = summary["in-process"], summary["redis"]
     report = {
