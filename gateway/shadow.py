@@ -372,7 +372,7 @@ class ShadowEvaluator:
                     restored = await asyncio.to_thread(self.evidence.restore, blob)
                     logger.info("shadow evaluator resumes from stored evidence (%d adapter "
                                 "versions)", restored)
-                    self._verdicts()
+                    self.apply_gate()
             except StateUnavailable:
                 logger.warning("stored evidence unreachable: the shadow evaluator starts afresh")
         self.leading = True
@@ -590,17 +590,19 @@ class ShadowEvaluator:
         _, general = self.evidence.scores(active)
         m.shadow_score.labels(domain, GENERAL).set(estimate(general).mean)
 
-    def _verdicts(self) -> None:
-        """Hand routing the adapter versions whose gate is closed (none with ``gate: false``)."""
+    def apply_gate(self) -> frozenset[str]:
+        """Hand routing the adapter versions whose gate is closed (none with ``gate: false``);
+        the domains the gate now closes."""
         closed = ([k for k, gate in self.evidence.gates.items() if gate.state is Verdict.CLOSED]
                   if self.settings.gate else [])
         self.gate.set_closed(closed)
+        return self.gate.gated
 
     async def _share(self, domain: str, active: AdapterEntry) -> None:
         """After an item: the verdicts to routing here, and with shared state to the fleet
         (the evidence for a successor at most every ``evidence_interval_s``)."""
         was = self.evidence.gates.get(key(active))
-        self._verdicts()
+        self.apply_gate()
         gate = self.evidence.gate(active)
         if gate.state is Verdict.CLOSED and (was is None or was.state is not Verdict.CLOSED):
             delta = gate.evidence()
