@@ -40,7 +40,8 @@ $(STAMP): pyproject.toml Makefile $(CONSTRAINTS)
 
 # Debian packages the tests use: a real Prometheus (tests/e2e/test_prometheus.py scrapes the
 # gateway with it and runs every dashboard and rule query) and Chromium (tests/browser drive the
-# console in it through Playwright; `make screenshots` too). Installed only when missing.
+# console in it through Playwright; `make screenshots` too) and redis-server (tests/system/
+# test_scale_out.py runs gateways sharing one). Installed only when missing.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # tcmalloc for the embedded vLLM (LD_PRELOAD, as vLLM's CPU installation guide recommends; the
 # engine runs without it, a little slower): `make run` installs it too.
@@ -57,6 +58,10 @@ system-deps: engine-deps
 	  echo ">>> installing prometheus (Debian package)"; \
 	  $(SUDO) apt-get update -q && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends prometheus; }
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  echo ">>> installing redis-server (Debian package)"; \
+	  $(SUDO) apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends redis-server; }
 	@[ -x /usr/bin/chromium ] || { \
 	  echo ">>> installing chromium (Debian package)"; \
 	  $(SUDO) apt-get update -q && \

@@ -74,6 +74,11 @@ class AdapterManager:
         """A replica restarted: nothing we loaded there is resident any more."""
         self._resident.pop(replica_url, None)
 
+    def forget(self, replica_url: str, name: str) -> None:
+        """``name`` may be gone from the replica (someone else unloaded it): load it again on
+        next use (in place, so a wrong guess costs one load, never an error)."""
+        self._resident[replica_url].pop(name, None)
+
     def acquire(self, replica_url: str, name: str) -> None:
         """A request is about to use ``name`` on the replica: not evictable until released."""
         self._in_use[(replica_url, name)] += 1

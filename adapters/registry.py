@@ -30,6 +30,18 @@ class RegistryError(ValueError):
     """The adapter entries are inconsistent (duplicate, unknown domain, missing files...)."""
 
 
+class PathNotAllowedError(RegistryError):
+    """An adapter path outside ``adapters.allowed_dirs``."""
+
+    def __init__(self, path: Path, allowed_dirs: Sequence[Path]) -> None:
+        super().__init__(
+            f"adapter path {path} is outside the allowed adapter directories "
+            f"({', '.join(str(r) for r in allowed_dirs) or 'none configured'})"
+        )
+        self.path = path
+        self.allowed_dirs = list(allowed_dirs)
+
+
 class AdapterStatus(StrEnum):
     ACTIVE = "active"  # serves its domain
     SHADOW = "shadow"  # servable by name and evaluated, not routed to by domain
@@ -100,13 +112,12 @@ def trained_on_other_bases(entries: Iterable[AdapterEntry], base_id: str) -> lis
 
 
 def check_confined(path: Path, allowed_dirs: Iterable[Path]) -> None:
+    """Raises PathNotAllowedError (naming the directories as configured) unless ``path``
+    resolves inside one of ``allowed_dirs``."""
     resolved = Path(path).resolve()
-    roots = [Path(d).resolve() for d in allowed_dirs]
-    if not any(resolved.is_relative_to(root) for root in roots):
-        raise RegistryError(
-            f"adapter path {path} is outside the allowed adapter directories "
-            f"({', '.join(str(r) for r in roots) or 'none configured'})"
-        )
+    configured = list(allowed_dirs)
+    if not any(resolved.is_relative_to(Path(d).resolve()) for d in configured):
+        raise PathNotAllowedError(path, configured)
 
 
 class Registry:

@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import secrets
+import socket
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import Executor
 
@@ -22,12 +25,17 @@ from gateway.classify import ClassifierService
 from gateway.console import TrafficWindow
 from gateway.engine import EngineSupervisor
 from gateway.errors import install_error_handlers
-from gateway.limits import Admission, KeyRing, RateLimiter
+from gateway.fleet import AdapterFleet
+from gateway.gates import GateState
+from gateway.limits import Admission, KeyRing
 from gateway.metrics import ENDPOINT_LABELS, NONE, Metrics
 from gateway.proxy import Gateway
 from gateway.responses import LocalResponseDirectory
 from gateway.settings import Settings
 from gateway.shadow import ShadowEvaluator
+from gateway.state import SHADOW_ROLE, StateBackend, open_backend
+from gateway.state.lease import Leadership
+from gateway.state.sync import StateSync
 from gateway.upstream import ReplicaPool
 from router.classifier import BatchClassifier, FullStageBudget
 from router.taxonomy import load_taxonomy
@@ -47,6 +55,11 @@ def build_registry(settings: Settings) -> Registry:
     )
 
 
+def instance_id() -> str:
+    """This gateway process among its fleet (lease holder, logs, /readyz): host, pid, random."""
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
 def create_app(
     settings: Settings,
     *,
@@ -56,6 +69,7 @@ def create_app(
     metrics: Metrics | None = None,
     shadow_items: Sequence[DomainItem] | None = None,
     engine: EngineSupervisor | None = None,
+    state: StateBackend | None = None,
 ) -> FastAPI:
     """Build the gateway. ``transport`` lets tests put a fake upstream behind httpx.
 
@@ -65,6 +79,8 @@ def create_app(
     evaluator's items (default: the evaluation suite, loaded in a thread at start).
     ``engine``: the embedded vLLM's supervisor (`slm-gateway run`), run as a lifespan task
     when ``settings.engine.supervise``; its configuration shows in /readyz and metrics.
+    ``state``: the state backend (default: as ``settings.state`` says); tests share one
+    :class:`gateway.state.memory.MemoryState` between several apps.
     """
     # Validate the registry now, so a bad config fails before the server binds.
     registry = build_registry(settings)
@@ -100,7 +116,12 @@ def create_app(
         # capped the gateway at ~250 req/s with 32 clients; aiohttp's pool behind the same httpx
         # API does not (see loadtests/bench_overhead.py). Tests pass a MockTransport instead.
         upstream_transport = transport or AiohttpTransport(limits=limits)
-        async with httpx.AsyncClient(transport=upstream_transport, timeout=timeout) as client:
+        backend = state or open_backend(settings.state, metrics)
+        await backend.start()
+        async with contextlib.AsyncExitStack() as stack:
+            stack.push_async_callback(backend.close)
+            client = await stack.enter_async_context(
+                httpx.AsyncClient(transport=upstream_transport, timeout=timeout))
             loader = AdapterManager(
                 client,
                 timeout_s=settings.adapters.load_timeout_s,
@@ -110,28 +131,46 @@ def create_app(
                 up.base_urls(), client, metrics, health_interval_s=up.health_interval_s,
                 breaker_failures=up.breaker_failures, breaker_cooldown_s=up.breaker_cooldown_s,
             )
+            fleet = AdapterFleet(settings, pool, loader, metrics, registry, backend)
+            gate = GateState(metrics)
+            fleet.on_change(gate.follow)  # verdicts are per version: follow the active ones
+            await fleet.seed()  # the stored registry, or ours stored as its first version
             gateway = Gateway(
                 settings=settings,
                 client=client,
                 transport=upstream_transport,
                 pool=pool,
-                registry=registry,
-                table=registry.routing_table(settings.base_aliases()),
-                loader=loader,
+                fleet=fleet,
+                gate=gate,
                 metrics=metrics,
                 classifier=service,
                 keys=keys,
+                state=backend,
                 responses=LocalResponseDirectory(up.response_owners),
-                limiter=RateLimiter(caps.requests_per_minute, caps.tokens_per_minute),
+                limiter=backend.limiter(caps.requests_per_minute, caps.tokens_per_minute),
                 admission=Admission(caps.max_in_flight, caps.max_queue, caps.queue_timeout_s),
             )
             # A replica that comes (back) up gets the active adapters loaded again.
-            pool.on_restart = gateway.on_replica_up
+            pool.on_restart = fleet.on_replica_up
             tasks = []
+            holder = instance_id()
+            shadow = None
             if settings.shadow.enabled:
-                gateway.shadow = ShadowEvaluator(
-                    gateway, settings.shadow, metrics, items=shadow_items,
-                    load_items=lambda n: suite_items(per_domain=n))
+                shadow = ShadowEvaluator(
+                    fleet, gate, client, settings.shadow, metrics,
+                    general_model=up.served_model_name,
+                    user_load=lambda: sum(r.outstanding for r in pool.replicas),
+                    state=backend, holder=holder,
+                    evidence_interval_s=settings.state.evidence_interval_s,
+                    items=shadow_items, load_items=lambda n: suite_items(per_domain=n))
+                gateway.shadow = shadow
+                gateway.leadership = Leadership(backend, SHADOW_ROLE, holder,
+                                                settings.state.lease_ttl_s, metrics)
+            if backend.shared:
+                leadership = gateway.leadership
+                sync = StateSync(backend, fleet, gate, settings.state.poll_interval_s,
+                                 leading=lambda: leadership is not None and leadership.leading)
+                tasks.append(asyncio.create_task(sync.run(), name="state-sync"))
             app.state.gateway = gateway
             if keys.open:
                 logger.warning(
@@ -152,8 +191,10 @@ def create_app(
                 engine.on_restart = lambda reason: metrics.engine_restarts.labels(reason).inc()
                 if settings.engine.supervise:
                     tasks.append(asyncio.create_task(engine.run(), name="engine-supervisor"))
-            if gateway.shadow is not None:
-                tasks.append(asyncio.create_task(gateway.shadow.run(), name="shadow-evaluator"))
+            if shadow is not None and gateway.leadership is not None:
+                # One evaluator per fleet: this instance runs it while it holds the lease.
+                tasks.append(asyncio.create_task(gateway.leadership.run(shadow.lead),
+                                                 name="shadow-leadership"))
             if settings.console.enabled:
                 window = app.state.console_window = TrafficWindow(metrics, settings.console)
                 tasks.append(asyncio.create_task(window.run(), name="console-snapshots"))

@@ -211,11 +211,11 @@ def engine_info(settings: Settings, gateway: Gateway | None = None) -> dict[str,
 
 def _versions(gateway: Gateway, domain: str) -> list[dict[str, Any]]:
     """The domain's adapters that are not retired: active first, then by version."""
-    entries = [e for e in gateway.registry
+    entries = [e for e in gateway.fleet.registry
                if e.domain == domain and e.status is not AdapterStatus.RETIRED]
     entries.sort(key=lambda e: (e.status is not AdapterStatus.ACTIVE, e.status.value, e.version))
     return [{"name": e.name, "version": e.version, "status": e.status.value,
-             "loaded_on": gateway.where_loaded(e.name)} for e in entries]
+             "loaded_on": gateway.fleet.where_loaded(e.name)} for e in entries]
 
 
 def domain_states(gateway: Gateway, domains: Iterable[str], evidence: Mapping[str, Any]
@@ -223,7 +223,7 @@ def domain_states(gateway: Gateway, domains: Iterable[str], evidence: Mapping[st
     """Per domain: gate, versions and the shadow evaluator's ``evidence`` (``/admin/quality``'s
     ``domains``)."""
     return [{"id": domain, "gate": gateway.gate_state(domain),
-             "active": gateway.table.active.get(domain),
+             "active": gateway.fleet.table.active.get(domain),
              "versions": _versions(gateway, domain), "evidence": evidence.get(domain)}
             for domain in domains]
 
@@ -231,7 +231,7 @@ def domain_states(gateway: Gateway, domains: Iterable[str], evidence: Mapping[st
 def replica_states(gateway: Gateway) -> list[dict[str, Any]]:
     return [{"name": r.name, "url": r.url, "healthy": r.healthy,
              "breaker": r.breaker.state.name.lower(), "in_flight": r.outstanding,
-             "resident": gateway.loader.resident(r.url)}
+             "resident": gateway.fleet.loader.resident(r.url)}
             for r in gateway.pool.replicas]
 
 
@@ -249,8 +249,8 @@ async def console_state(gateway: Gateway, window: TrafficWindow) -> dict[str, An
         "refresh_s": settings.console.refresh_s,
         "ready": gateway.pool.ready(),
         "shadow": shadow,
-        "gated": sorted(gateway.gated),
-        "domains": domain_states(gateway, sorted(gateway.table.domains), evidence),
+        "gated": sorted(gateway.gate.gated),
+        "domains": domain_states(gateway, sorted(gateway.fleet.table.domains), evidence),
         "traffic": await window.traffic(),
         "replicas": replica_states(gateway),
         "engine": engine_info(settings, gateway),

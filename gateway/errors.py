@@ -8,6 +8,7 @@
     ├── PayloadTooLargeError        413  body over limits.max_body_bytes
     ├── RateLimitError              429  the key's request or token budget is spent (Retry-After)
     ├── OverloadedError             503  too many requests in flight and queued (Retry-After)
+    ├── StateUnavailableError       503  an admin change while the shared state (Redis) is down
     ├── UpstreamError               502  the upstream answered with an error or garbage
     ├── UpstreamUnavailableError    503  no upstream ready / connection refused
     └── UpstreamTimeoutError        504  the upstream did not answer in time
@@ -96,6 +97,14 @@ class OverloadedError(GatewayError):
     status_code = 503
     type = "service_unavailable"
     code = "overloaded"
+
+
+class StateUnavailableError(GatewayError):
+    """An admin change cannot be stored: the shared state is unreachable (serving goes on)."""
+
+    status_code = 503
+    type = "service_unavailable"
+    code = "state_unavailable"
 
 
 def retry_after(seconds: float) -> dict[str, str]:

@@ -3,9 +3,9 @@
 The decisions are plain objects with the clock passed in (``now``), tested without HTTP; the
 routes and ``Gateway.serve`` apply them.
 
-Rate limits live in this process. Several gateway instances behind a load balancer each enforce
-their own: give each instance ``limit / instances`` (README, "Operating in production"), or put
-a shared limiter in front.
+These buckets are the in-process rate limits (:mod:`gateway.state.memory`). With
+``state.redis_url`` the instances share per-key limits in Redis instead
+(:class:`gateway.state.redis.SharedLimiter`), and fall back to these while Redis is away.
 """
 
 from __future__ import annotations

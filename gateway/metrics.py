@@ -250,3 +250,28 @@ class Metrics:
             ["domain", "state"],
             registry=r,
         )
+        self.state_up = Gauge(
+            "slm_state_up",
+            "1 when the state backend (Redis) answered its last call, else 0 (serving goes on "
+            "from the last known state).",
+            registry=r,
+        )
+        self.state_errors = Counter(
+            "slm_state_errors",
+            "Failed calls to the state backend, by operation.",
+            ["operation"],
+            registry=r,
+        )
+        self.state_leader = Gauge(
+            "slm_state_leader",
+            "1 on the instance that holds the role's lease (role shadow: runs the fleet's "
+            "shadow evaluator), else 0.",
+            ["role"],
+            registry=r,
+        )
+        self.state_registry_version = Gauge(
+            "slm_state_registry_version",
+            "Version of the adapter registry this instance serves (equal on every instance "
+            "once the fleet has converged).",
+            registry=r,
+        )

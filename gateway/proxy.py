@@ -12,16 +12,15 @@ import logging
 import math
 import random
 import time
-from collections.abc import Awaitable, Collection
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, TypeVar
+from collections.abc import Awaitable, Callable, Collection
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import httpx
 from fastapi import Request
 from fastapi.responses import Response
 
-from adapters.lifecycle import AdapterLoadError, AdapterManager
-from adapters.registry import AdapterEntry, AdapterStatus, Registry
+from adapters.lifecycle import AdapterLoadError
 from gateway.classify import ClassifierService
 from gateway.errors import (
     GatewayError,
@@ -37,7 +36,9 @@ from gateway.errors import (
     sse_error_frame,
     upstream_error_from_response,
 )
-from gateway.limits import ANONYMOUS, Admission, KeyRing, Overloaded, RateLimiter
+from gateway.fleet import AdapterFleet
+from gateway.gates import GateState
+from gateway.limits import ANONYMOUS, Admission, KeyRing, Overloaded
 from gateway.metrics import ENDPOINT_LABELS, NONE, Metrics, status_class
 from gateway.protocol import (
     ChatCompletionRequest,
@@ -49,14 +50,14 @@ from gateway.protocol import (
 )
 from gateway.responses import ResponseDirectory, ResponseStreamWatcher, stored_response_id
 from gateway.settings import Settings
+from gateway.state import Limiter, StateBackend
 from gateway.streaming import RelayResponse
-from gateway.upstream import Replica, ReplicaPool, choose_replica
+from gateway.upstream import CircuitBreaker, Replica, ReplicaPool
 from router.policy import (
     AUTO_MODEL,
     FALLBACK_REASONS,
     RouteDecision,
     RouteReason,
-    RoutingTable,
     UnknownModelError,
     decide,
     fall_back,
@@ -64,7 +65,7 @@ from router.policy import (
 
 if TYPE_CHECKING:
     from gateway.engine import EngineSupervisor
-    from gateway.shadow import ShadowEvaluator
+    from gateway.state.lease import Leadership
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +79,17 @@ class ClientDisconnected(Exception):
     pass
 
 
+class ShadowTap(Protocol):
+    """What the gateway needs of the shadow evaluator (gateway/shadow.py, which it does not
+    import): live requests offered for sampling, user traffic announced, the evidence report."""
+
+    def offer(self, domain: str | None, body: ChatCompletionRequest) -> None: ...
+
+    def user_request_started(self) -> None: ...
+
+    def report(self) -> dict[str, Any]: ...
+
+
 @dataclass
 class Gateway:
     settings: Settings
@@ -87,128 +99,34 @@ class Gateway:
     # nothing for a fixed upstream (py-spy, bench_overhead).
     transport: httpx.AsyncBaseTransport
     pool: ReplicaPool
-    registry: Registry
-    table: RoutingTable
-    loader: AdapterManager
+    # The adapters: registry (desired state), placement, loading (gateway/fleet.py).
+    fleet: AdapterFleet
+    # Domains the quality gate sends to the general model (written by the shadow evaluator).
+    gate: GateState
     metrics: Metrics
-    limiter: RateLimiter
+    limiter: Limiter
     admission: Admission
     keys: KeyRing
+    state: StateBackend
     # Responses API: which replica stored which response (for previous_response_id).
     responses: ResponseDirectory
     classifier: ClassifierService | None = None
-    # Domains the quality gate sends to the general model (set by the shadow evaluator).
-    gated: frozenset[str] = field(default_factory=frozenset)
-    shadow: ShadowEvaluator | None = None
+    shadow: ShadowTap | None = None
+    # Who runs the fleet's shadow evaluator (None: the evaluator is off).
+    leadership: Leadership | None = None
     # The supervised embedded vLLM (`slm-gateway run`); None in front of external replicas.
     engine: EngineSupervisor | None = None
-    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         # The client's timeouts, as the extension every upstream request carries (built once).
         self._timeouts = self.client.timeout.as_dict()
 
-    # ----------------------------------------------------------------- adapters
-    def set_registry(self, registry: Registry) -> None:
-        """Swap in a new registry; requests routed from now on use it (one loop, no lock)."""
-        self.registry = registry
-        self.table = registry.routing_table(self.settings.base_aliases())
-        if self.shadow is not None:
-            self.shadow.apply_gate()  # a new active version is gated by its own record
-
-    def on_replica_up(self, url: str) -> None:
-        """A replica came (back) up: forget what it had and, if configured, preload."""
-        self.loader.forget_replica(url)
-        if self.settings.adapters.preload:
-            task = asyncio.create_task(self.sync_replica(url), name=f"adapter-sync {url}")
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-    async def sync_replica(self, url: str) -> None:
-        active = [e for e in self.registry if e.status is AdapterStatus.ACTIVE]
-        replica = next((r for r in self.pool.replicas if r.url == url), None)
-        if replica is None or not active:
-            return
-        outcome = await self.loader.sync_replica(url, active)
-        for name, result in outcome.items():
-            if result != "resident":
-                self.metrics.adapter_loads.labels(replica.name, name, result).inc()
-        self.metrics.adapters_resident.labels(replica.name).set(len(self.loader.resident(url)))
-        logger.info(
-            "replica %s: %d adapters loaded, %d failed",
-            replica.name,
-            sum(r != "failed" for r in outcome.values()),
-            sum(r == "failed" for r in outcome.values()),
-        )
-
-    async def load_everywhere(
-        self, entry: AdapterEntry, *, only: str | None = None
-    ) -> dict[str, str]:
-        """Load ``entry`` on every healthy replica (or the one named ``only``): replica name ->
-        loaded/resident/failed/replica_down."""
-        outcome: dict[str, str] = {}
-        for replica in self.pool.replicas:
-            if only is not None and replica.name != only:
-                continue
-            if not replica.healthy:
-                outcome[replica.name] = "replica_down"
-                continue
-            result = await self.loader.sync_replica(replica.url, [entry])
-            outcome[replica.name] = result[entry.name]
-            self.metrics.adapters_resident.labels(replica.name).set(
-                len(self.loader.resident(replica.url))
-            )
-        return outcome
-
-    async def unload_everywhere(self, name: str, *, only: str | None = None) -> dict[str, str]:
-        outcome: dict[str, str] = {}
-        for replica in self.pool.replicas:
-            if only is not None and replica.name != only:
-                continue
-            if not self.loader.is_resident(replica.url, name):
-                continue
-            try:
-                await self.loader.unload(replica.url, name)
-                outcome[replica.name] = "unloaded"
-            except Exception as exc:  # one replica's failure must not stop the others
-                logger.warning("unloading %s from %s failed: %s", name, replica.name, exc)
-                outcome[replica.name] = "failed"
-            self.metrics.adapters_resident.labels(replica.name).set(
-                len(self.loader.resident(replica.url))
-            )
-        return outcome
-
-    async def set_status(
-        self, name: str, status: AdapterStatus
-    ) -> tuple[list[str], dict[str, str]]:
-        """Promote (active) or retire an adapter. Promoting retires the domain's previous active
-        adapter; retired ones are unloaded everywhere. Returns (retired names, load outcome).
-        Raises RegistryError when the change is not allowed."""
-        registry = self.registry.with_status(name, status)
-        previous = {e.name for e in self.registry if e.status is not AdapterStatus.RETIRED}
-        self.set_registry(registry)
-        retired = [
-            e.name for e in registry if e.status is AdapterStatus.RETIRED and e.name in previous
-        ]
-        for retired_name in retired:
-            await self.unload_everywhere(retired_name)
-        replicas: dict[str, str] = {}
-        entry = registry.get(name)
-        if status is AdapterStatus.ACTIVE and entry is not None:
-            replicas = await self.load_everywhere(entry)
-        return retired, replicas
-
     def background_tasks(self) -> list[asyncio.Task[None]]:
-        return list(self._tasks)
+        return self.fleet.background_tasks()
 
     def gate_state(self, domain: str | None) -> str | None:
         """"closed"/"open" for a domain that has an adapter the gate can act on, else None."""
-        if domain is None or domain not in self.table.active:
-            return None
-        return "closed" if domain in self.gated else "open"
-
-    def where_loaded(self, name: str) -> list[str]:
-        return [r.name for r in self.pool.replicas if self.loader.is_resident(r.url, name)]
+        return self.gate.state(domain)
 
     # ----------------------------------------------------------------- routing
     async def route(self, body: OpenAIRequest) -> RouteDecision:
@@ -219,8 +137,8 @@ class Gateway:
             return decide(
                 body.model,
                 classification,
-                self.table,
-                gated=self.gated,
+                self.fleet.table,
+                gated=self.gate.gated,
                 threshold=self.settings.routing.confidence_threshold,
             )
         except UnknownModelError as exc:
@@ -235,10 +153,9 @@ class Gateway:
     ) -> tuple[RouteDecision, Replica]:
         """Choose a replica (only ``pinned``, when given: it holds the request's state) and make
         sure it has the decision's adapter."""
-        candidates = self.pool.replicas if pinned is None else \
+        candidates = None if pinned is None else \
             [r for r in self.pool.replicas if r.url == pinned]
-        replica = choose_replica(candidates, decision.adapter, self.loader.is_resident,
-                                 now=time.monotonic(), exclude=exclude)
+        replica = self.fleet.choose(decision.adapter, exclude, replicas=candidates)
         if replica is None and pinned is not None:
             raise UpstreamUnavailableError(
                 "The model server that stored previous_response_id is not available now. "
@@ -247,30 +164,15 @@ class Gateway:
             raise UpstreamUnavailableError("No upstream model server is ready. Try again shortly.")
         if decision.adapter is None:
             return decision, replica
-        entry = self.registry.get(decision.adapter)
+        entry = self.fleet.registry.get(decision.adapter)
         assert entry is not None, "routing table and registry disagree"
         try:
-            await self.ensure_adapter(replica, entry)
+            await self.fleet.ensure_adapter(replica, entry)
         except AdapterLoadError as exc:
             logger.warning("adapter %s unavailable on %s: %s", entry.name, replica.name, exc)
             return fall_back(decision, RouteReason.ADAPTER_UNAVAILABLE), replica
-        self.loader.acquire(replica.url, entry.name)  # not evictable while this request runs
+        self.fleet.pin(replica, entry.name)  # not evictable while this request runs
         return decision, replica
-
-    async def ensure_adapter(self, replica: Replica, entry: AdapterEntry) -> None:
-        """Load ``entry`` on ``replica`` unless resident, counting the load; raises
-        AdapterLoadError."""
-        try:
-            seconds = await self.loader.ensure_loaded(replica.url, entry)
-        except AdapterLoadError:
-            self.metrics.adapter_loads.labels(replica.name, entry.name, "failed").inc()
-            raise
-        if seconds is not None:
-            self.metrics.adapter_loads.labels(replica.name, entry.name, "loaded").inc()
-            self.metrics.adapter_load_duration.labels(replica.name).observe(seconds)
-            self.metrics.adapters_resident.labels(replica.name).set(
-                len(self.loader.resident(replica.url))
-            )
 
     # ----------------------------------------------------------------- serving
     async def serve(
@@ -288,7 +190,7 @@ class Gateway:
             check_request(body, self.settings.limits)
             check_tools(body, self.settings.upstream.tool_calls)
             pinned = self._stored_by(body)
-            self._rate_limit(request, body)
+            await self._rate_limit(request, body)
             await self._admit()
         except GatewayError as exc:
             # Refused before taking a slot: bad input, over the key's budget, overloaded.
@@ -296,20 +198,33 @@ class Gateway:
                 endpoint, NONE, NONE, NONE, status_class(exc.status_code)
             ).inc()
             return error_response(exc)
-        # A slot is held from here; _finish gives it back, whichever way the request ends.
-        original: RouteDecision | None = None
+        # A slot is held from here: the attempt gives it back, with whatever else it holds,
+        # when the request ends (here, or when its stream closes).
+        attempt = _Attempt(self.metrics, self.admission, self.fleet, endpoint, started)
         try:
-            original = await self.route(body)
+            return await self._serve_admitted(request, body, attempt, path, request_id, pinned)
+        finally:
+            if not attempt.streaming:
+                attempt.finish()
+
+    async def _serve_admitted(
+        self,
+        request: Request,
+        body: OpenAIRequest,
+        attempt: _Attempt,
+        path: str,
+        request_id: str,
+        pinned: str | None,
+    ) -> Response:
+        try:
+            original = attempt.decision = await self.route(body)
             if original.adapter is not None and not self.settings.upstream.lora_prompt_logprobs:
                 _refuse_prompt_logprobs(body)
             decision, replica = await self._place(original, pinned=pinned)
         except GatewayError as exc:
             # Refused before any upstream work (unknown model, no replica ready).
-            self._finish(None, original, (endpoint, NONE, NONE), exc.status_code, started)
+            attempt.status = exc.status_code
             return error_response(exc)
-        except BaseException:
-            self._finish(None, original, (endpoint, NONE, NONE), CLIENT_CLOSED, started)
-            raise
         if decision.reason in FALLBACK_REASONS:
             self.metrics.fallbacks.labels(decision.domain or NONE, decision.reason).inc()
         if (self.shadow is not None and body.model == AUTO_MODEL
@@ -323,13 +238,8 @@ class Gateway:
         tried: list[str] = []
         while True:
             body.model = decision.adapter or up.served_model_name
-            attempt = _Attempt(
-                replica=replica,
-                decision=decision,
-                labels=(endpoint, decision.domain or NONE, decision.adapter or NONE),
-                headers=route_headers(decision, request_id, self.gate_state(decision.domain)),
-                started=started,
-            )
+            attempt.try_on(replica, decision, route_headers(
+                decision, request_id, self.gate_state(decision.domain)))
             try:
                 return await self._forward(request, body, attempt, path, request_id, deadline)
             except _RetryableFailure as failure:
@@ -341,7 +251,7 @@ class Gateway:
                 with contextlib.suppress(GatewayError):
                     next_place = await self._place(original, exclude=tried, pinned=pinned)
             if next_place is None:
-                self._finish(None, decision, attempt.labels, error.status_code, started)
+                attempt.status = error.status_code
                 return error_response(error, attempt.headers)
             self.metrics.retries.labels(replica.name).inc()
             logger.info("request %s: %s failed before the first byte, retrying on %s",
@@ -358,12 +268,12 @@ class Gateway:
             raise _previous_response_unknown(body.previous_response_id)
         return owner
 
-    def _rate_limit(self, request: Request, body: OpenAIRequest) -> None:
+    async def _rate_limit(self, request: Request, body: OpenAIRequest) -> None:
         if not self.limiter.enabled:
             return
         key_id = getattr(request.state, "key_id", ANONYMOUS)
         tokens = estimate_tokens(body, self.settings.limits.default_max_tokens)
-        wait, limit = self.limiter.check(key_id, tokens, time.monotonic())
+        wait, limit = await self.limiter.check(key_id, tokens)
         if limit is None:
             return
         self.metrics.rejected.labels("rate_limited").inc()
@@ -399,16 +309,16 @@ class Gateway:
         deadline: float,
     ) -> Response:
         """One try on ``attempt.replica``. Raises _RetryableFailure when it failed before the
-        first byte reached the client (its accounting undone); otherwise answers and finishes."""
+        first byte reached the client (the attempt has let go of the replica); otherwise answers,
+        with the outcome recorded on the attempt (which the caller, or the stream, finishes)."""
         replica = attempt.replica
-        replica.outstanding += 1
-        self.metrics.in_flight.labels(replica.name).inc()
+        assert replica is not None
         try:
             payload = body.model_dump_json(exclude_unset=True).encode()
         except ValueError:  # what check_request cannot see: unencodable extension fields
             error = InvalidRequestError("The request is not valid Unicode JSON.",
                                         code="invalid_unicode")
-            self._finish(replica, attempt.decision, attempt.labels, 400, attempt.started)
+            attempt.status = 400
             return error_response(error, attempt.headers)
         upstream_request = httpx.Request(
             "POST",
@@ -417,9 +327,7 @@ class Gateway:
             headers={"content-type": "application/json", "x-request-id": request_id},
             extensions={"timeout": self._timeouts},
         )
-        replica.breaker.dispatched()
-        status = 500
-        finish_here = True  # False: the stream's close, or serve after a failover, finishes
+        attempt.dispatched()
         up = self.settings.upstream
         loop = asyncio.get_running_loop()
         try:
@@ -431,9 +339,7 @@ class Gateway:
                     content = await upstream.aread()
                     await upstream.aclose()
                     raise self._upstream_failure(replica, upstream.status_code, content, body)
-                finish_here = False
-                status = 200
-                replica.breaker.succeeded()
+                attempt.answered(200)
                 return self._stream(upstream, attempt, first_token_deadline, deadline, body)
 
             async with asyncio.timeout_at(deadline):
@@ -443,8 +349,7 @@ class Gateway:
             if upstream.status_code != 200:
                 raise self._upstream_failure(replica, upstream.status_code, upstream.content,
                                              body)
-            status = 200
-            replica.breaker.succeeded()
+            attempt.answered(200)
             if isinstance(body, ResponsesRequest):
                 response_id = stored_response_id(upstream.content,
                                                  requested=body.store is not False)
@@ -457,34 +362,25 @@ class Gateway:
                 headers=attempt.headers,
             )
         except ClientDisconnected:
-            status = CLIENT_CLOSED
-            replica.breaker.abandoned()
+            attempt.abandoned()
             return Response(status_code=CLIENT_CLOSED)
         except TimeoutError:
-            status = 504
             self.metrics.upstream_errors.labels(replica.name, "deadline").inc()
-            replica.breaker.failed(time.monotonic())
+            attempt.failed(504)
             what = "the first token" if body.stream else "the answer"
             return error_response(
                 UpstreamTimeoutError(f"The upstream model server did not send {what} in time."),
                 attempt.headers,
             )
         except GatewayError as exc:
-            status = exc.status_code
-            if status >= 500:
-                replica.breaker.failed(time.monotonic())
+            if exc.status_code >= 500:
+                attempt.failed(exc.status_code)
             else:  # the replica answered properly (e.g. vLLM refused the request as invalid)
-                replica.breaker.succeeded()
+                attempt.answered(exc.status_code)
             if exc.retryable:
-                # Undo this try's accounting; serve retries elsewhere or finishes the request.
-                finish_here = False
-                self._release_replica(replica, attempt.decision)
+                attempt.let_go()  # serve retries elsewhere or finishes the request
                 raise _RetryableFailure(exc) from None
             return error_response(exc, attempt.headers)
-        finally:
-            self._publish_breaker(replica)
-            if finish_here:
-                self._finish(replica, attempt.decision, attempt.labels, status, attempt.started)
 
     def _stream(
         self,
@@ -497,6 +393,7 @@ class Gateway:
         """Relay the stream; a Responses stream is also watched for the id it stores and ends,
         on error, with the Responses API's error event."""
         replica, labels = attempt.replica, attempt.labels
+        assert replica is not None
         watcher = None
         if isinstance(body, ResponsesRequest):
             watcher = ResponseStreamWatcher(
@@ -511,52 +408,18 @@ class Gateway:
         def stream_error(kind: str) -> None:
             self.metrics.upstream_errors.labels(replica.name, kind).inc()
 
-        def close() -> None:
-            self._finish(replica, attempt.decision, labels, 200, attempt.started)
-
+        attempt.streaming = True  # from here the stream's close finishes the request
         return RelayResponse(
             upstream,
             headers=attempt.headers,
             on_first_chunk=first_chunk,
             on_stream_error=stream_error,
-            on_close=close,
+            on_close=attempt.finish,
             first_chunk_deadline=first_token_deadline,
             deadline=deadline,
             error_frame=sse_error_frame if watcher is None else watcher.error_frame,
             watch=None if watcher is None else watcher.feed,
         )
-
-    def _release_replica(self, replica: Replica, decision: RouteDecision) -> None:
-        replica.outstanding -= 1
-        if decision.adapter is not None:
-            self.loader.release(replica.url, decision.adapter)
-        self.metrics.in_flight.labels(replica.name).dec()
-
-    def _publish_breaker(self, replica: Replica) -> None:
-        self.metrics.breaker_state.labels(replica.name).set(int(replica.breaker.state))
-
-    def _finish(
-        self,
-        replica: Replica | None,
-        decision: RouteDecision | None,
-        labels: tuple[str, str, str],
-        status: int,
-        started: float,
-    ) -> None:
-        """The request is over: free its replica (None: it holds none) and its admission slot,
-        count it."""
-        if replica is not None and decision is not None:
-            self._release_replica(replica, decision)
-        self.admission.release()
-        self.metrics.admission_in_flight.set(self.admission.in_flight)
-        endpoint, domain, adapter = labels
-        reason = decision.reason if decision is not None else NONE
-        self.metrics.requests.labels(
-            endpoint, domain, adapter, reason, status_class(status)
-        ).inc()
-        if replica is not None:
-            self.metrics.replica_requests.labels(replica.name).inc()
-            self.metrics.request_duration.labels(*labels).observe(time.perf_counter() - started)
 
     async def _send(
         self, replica: Replica, upstream_request: httpx.Request, *, stream: bool
@@ -606,17 +469,94 @@ class Gateway:
         if isinstance(error, UpstreamError) and status_code == 404:
             # The replica lost an adapter we believed resident (e.g. it restarted between
             # health checks): forget its state so the next request reloads.
-            self.loader.forget_replica(replica.url)
+            self.fleet.loader.forget_replica(replica.url)
         return error
 
 
-@dataclass
 class _Attempt:
-    replica: Replica
-    decision: RouteDecision
-    labels: tuple[str, str, str]
-    headers: dict[str, str]
-    started: float
+    """One admitted request and everything it holds: its admission slot and, while a try runs,
+    that replica's in-flight count and the adapter pinned there. :meth:`finish` gives all of it
+    back and counts the request, once, whichever way the request ended: answered, refused,
+    failed over to the end, cancelled, or (for a stream) closed. The breaker outcome of each
+    try is recorded here too, so one place keeps a replica's books."""
+
+    def __init__(self, metrics: Metrics, admission: Admission, fleet: AdapterFleet,
+                 endpoint: str, started: float) -> None:
+        self.metrics = metrics
+        self.admission = admission
+        self.fleet = fleet
+        self.started = started
+        self.labels = (endpoint, NONE, NONE)
+        self.headers: dict[str, str] = {}
+        self.decision: RouteDecision | None = None
+        self.replica: Replica | None = None  # held by the current try
+        self.served_by: Replica | None = None  # the last try's replica, for the metrics
+        self.status = CLIENT_CLOSED  # until something else happens, nobody got an answer
+        self.streaming = False  # the answer is a stream: its close finishes the request
+        self._finished = False
+
+    def try_on(self, replica: Replica, decision: RouteDecision, headers: dict[str, str]
+               ) -> None:
+        """A try on ``replica`` (``_place`` pinned the decision's adapter there)."""
+        self.replica = self.served_by = replica
+        self.decision = decision
+        self.labels = (self.labels[0], decision.domain or NONE, decision.adapter or NONE)
+        self.headers = headers
+        self.status = 500  # until the try says otherwise
+        replica.outstanding += 1
+        self.metrics.in_flight.labels(replica.name).inc()
+
+    def dispatched(self) -> None:
+        assert self.replica is not None
+        self.replica.breaker.dispatched()
+
+    def answered(self, status: int) -> None:
+        """The replica answered (a client error included): good news for its breaker."""
+        self._breaker(status, lambda breaker: breaker.succeeded())
+
+    def failed(self, status: int) -> None:
+        self._breaker(status, lambda breaker: breaker.failed(time.monotonic()))
+
+    def abandoned(self) -> None:
+        """The client left before the answer: no verdict on the replica."""
+        self._breaker(CLIENT_CLOSED, lambda breaker: breaker.abandoned())
+
+    def _breaker(self, status: int, record: Callable[[CircuitBreaker], None]) -> None:
+        assert self.replica is not None
+        self.status = status
+        record(self.replica.breaker)
+        self.metrics.breaker_state.labels(self.replica.name).set(
+            int(self.replica.breaker.state))
+
+    def let_go(self) -> None:
+        """Release the current try's replica (and adapter pin), keeping the slot: the request
+        fails over, or ends without one."""
+        replica, self.replica = self.replica, None
+        if replica is None:
+            return
+        self.served_by = None
+        replica.outstanding -= 1
+        if self.decision is not None and self.decision.adapter is not None:
+            self.fleet.unpin(replica, self.decision.adapter)
+        self.metrics.in_flight.labels(replica.name).dec()
+
+    def finish(self) -> None:
+        if self._finished:
+            return
+        self._finished = True
+        served_by = self.served_by
+        self.let_go()
+        self.admission.release()
+        self.metrics.admission_in_flight.set(self.admission.in_flight)
+        endpoint, domain, adapter = self.labels
+        reason = self.decision.reason if self.decision is not None else NONE
+        self.metrics.requests.labels(
+            endpoint, domain, adapter, reason, status_class(self.status)
+        ).inc()
+        if served_by is not None:
+            self.metrics.replica_requests.labels(served_by.name).inc()
+            self.metrics.request_duration.labels(*self.labels).observe(
+                time.perf_counter() - self.started)
 
 
 class _RetryableFailure(Exception):

@@ -241,6 +241,28 @@ class ConsoleSettings(BaseModel):
     snapshot_interval_s: float = Field(default=10.0, gt=0)
 
 
+class StateSettings(BaseModel):
+    """Where the registry, the quality gate and the rate limits live (gateway/state/)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # Unset: in this process (one instance; admin changes last until it restarts). Set
+    # (redis://host:6379/0, env SLM_GATEWAY_STATE__REDIS_URL): shared by every instance using it.
+    redis_url: SecretStr | None = None
+    key_prefix: str = "slm-gateway:"  # one Redis may hold several fleets' state
+    # How often an instance looks for registry and gate changes (one MGET): how long the fleet
+    # takes to converge after an admin change elsewhere, and to notice Redis is back.
+    poll_interval_s: float = Field(default=1.0, gt=0)
+    # The shadow evaluator's leader lease, renewed every ttl / 3: a dead leader is replaced
+    # within about this long.
+    lease_ttl_s: float = Field(default=10.0, gt=0.1)
+    # Per Redis command; a slow or dead Redis costs a request at most this (rate limits), then
+    # nothing until it answers the health poll again.
+    timeout_s: float = Field(default=0.5, gt=0)
+    # How often the leader saves its evidence (confidence sequences) for a successor.
+    evidence_interval_s: float = Field(default=5.0, gt=0)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="SLM_GATEWAY_",
@@ -273,6 +295,7 @@ class Settings(BaseSettings):
     shadow: ShadowSettings = ShadowSettings()
     limits: LimitSettings = LimitSettings()
     console: ConsoleSettings = ConsoleSettings()
+    state: StateSettings = StateSettings()
 
     @field_validator("api_keys", "api_key_hashes", mode="before")
     @classmethod

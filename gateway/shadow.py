@@ -17,11 +17,21 @@ while user requests are in flight), and a shadow call still running when user re
 abandoned (vLLM aborts it; the item is scored again later). Shadow calls never count as a
 replica's outstanding user requests.
 Paired records go to a JSON-lines store with a pair id, never into metric labels.
+
+One evaluator runs per fleet: every instance builds one, and the instance holding the shadow lease
+(:class:`gateway.state.lease.Leadership`) runs it (:meth:`ShadowEvaluator.lead`). The leader hands
+its verdicts to routing (:class:`gateway.gates.GateState`) and, with shared state, writes them and
+its report to the state backend for the other instances, and its evidence for a successor.
+
+The evaluator sees the gateway through narrow collaborators only: the :class:`AdapterFleet`
+(registry, placement, promotion), the :class:`GateState`, the upstream HTTP client and a
+``user_load()`` callable. The gateway sees it as an offer/report sink (``gateway.proxy.ShadowTap``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import logging
@@ -34,19 +44,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import httpx
+import numpy as np
+
 from adapters.registry import AdapterEntry, AdapterStatus
 from adapters.scoring import Estimate, estimate, rouge_l
 from adapters.suite import ItemScore, Preempted, VllmScorer
+from gateway.fleet import AdapterFleet
+from gateway.gates import GATE, GateState
 from gateway.metrics import NONE, Metrics
 from gateway.settings import ShadowSettings
-from gateway.upstream import choose_replica
-from router.gate import Bounds, GateRule, GateState, VersionGate, gated_domains
+from gateway.state import StateBackend, StateUnavailable
+from router.gate import Bounds, GateRule, GateTrack, VersionGate
+from router.gate import GateState as Verdict
 from router.sequence import BettingSequence
 
 if TYPE_CHECKING:
     from adapters.corpus import DomainItem
     from gateway.protocol import ChatCompletionRequest
-    from gateway.proxy import Gateway
 
 logger = logging.getLogger(__name__)
 
@@ -190,6 +205,67 @@ class Evidence:
             self.vs_active[pair] = sequence
 
 
+    # ---------------------------------------------------------------- for a successor
+    def dump(self) -> bytes:
+        """The gates and sequences (not the recent scores: they only feed reported means), as
+        JSON with the arrays in base64: no pickle, so a successor can trust what it reads."""
+        return json.dumps({
+            "rule": _rule_id(self.rule),
+            "gates": [[list(k), _track_dict(g.track)] for k, g in self.gates.items()],
+            "vs_active": [[list(a), list(b), _sequence_dict(s)]
+                          for (a, b), s in self.vs_active.items()],
+        }).encode()
+
+    def restore(self, blob: bytes) -> int:
+        """Take over a predecessor's gates and sequences (same rule only); how many gates."""
+        document = json.loads(blob)
+        if document.get("rule") != _rule_id(self.rule):
+            logger.warning("stored evidence was gathered under another gate rule: starting "
+                           "afresh")
+            return 0
+        self.gates = {(str(k[0]), int(k[1])): VersionGate(self.rule, _track(t))
+                      for k, t in document["gates"]}
+        self.vs_active = {((str(a[0]), int(a[1])), (str(b[0]), int(b[1]))): _sequence(s)
+                          for a, b, s in document["vs_active"]}
+        return len(self.gates)
+
+
+def _rule_id(rule: GateRule) -> list[float]:
+    return [rule.confidence, rule.min_samples, rule.grid_points, rule.truncation]
+
+
+def _array(values: Any) -> str:
+    return base64.b64encode(np.ascontiguousarray(values, dtype="<f8").tobytes()).decode()
+
+
+def _from_array(text: str) -> Any:
+    return np.frombuffer(base64.b64decode(text), dtype="<f8").copy()
+
+
+def _sequence_dict(s: BettingSequence) -> dict[str, Any]:
+    return {"alpha": s.alpha, "n": int(s.n), "total": float(s.total),
+            "squares": float(s.squares), "log_up": _array(s.log_up),
+            "log_down": _array(s.log_down), "truncation": s.truncation}
+
+
+def _sequence(d: dict[str, Any]) -> BettingSequence:
+    return BettingSequence(float(d["alpha"]), np.array(d["n"], np.int64),
+                           np.array(d["total"], np.float64),
+                           np.array(d["squares"], np.float64), _from_array(d["log_up"]),
+                           _from_array(d["log_down"]), float(d["truncation"]))
+
+
+def _track_dict(t: GateTrack) -> dict[str, Any]:
+    return {"closed": bool(t.closed), "n": int(t.n), "changes": int(t.changes),
+            "sequence": _sequence_dict(t.sequence), "recovery": _sequence_dict(t.recovery)}
+
+
+def _track(d: dict[str, Any]) -> GateTrack:
+    return GateTrack(np.array(d["closed"], np.bool_), np.array(d["n"], np.int64),
+                     np.array(d["changes"], np.int64),
+                     _sequence(d["sequence"]), _sequence(d["recovery"]))
+
+
 def _delta(score: float, other: float) -> float:
     return min(1.0, max(-1.0, score - other))
 
@@ -227,15 +303,31 @@ class LiveSample:
 class ShadowEvaluator:
     def __init__(
         self,
-        gateway: Gateway,
+        fleet: AdapterFleet,
+        gate: GateState,
+        client: httpx.AsyncClient,
         settings: ShadowSettings,
         metrics: Metrics,
         *,
+        general_model: str,
+        user_load: Callable[[], int],
+        state: StateBackend,
+        holder: str = "local",
+        evidence_interval_s: float = 5.0,
         items: Sequence[DomainItem] | None = None,
         load_items: Callable[[int], Sequence[DomainItem]] | None = None,
         rng: random.Random | None = None,
     ) -> None:
-        self.gateway = gateway
+        self.fleet = fleet
+        self.gate = gate
+        self.client = client
+        self.general_model = general_model
+        self.user_load = user_load
+        self.state = state
+        self.holder = holder
+        self.evidence_interval_s = evidence_interval_s
+        self.leading = False
+        self._evidence_saved = 0.0
         self.settings = settings
         self.metrics = metrics
         self.budget = ShadowBudget(settings.max_concurrency, settings.calls_per_second,
@@ -254,7 +346,7 @@ class ShadowEvaluator:
 
     # ------------------------------------------------------------------ budget and live input
     def _user_busy(self) -> bool:
-        return sum(r.outstanding for r in self.gateway.pool.replicas) > self.settings.yield_above
+        return self.user_load() > self.settings.yield_above
 
     def offer(self, domain: str | None, body: ChatCompletionRequest) -> None:
         """Maybe sample one live `auto` chat request (never blocks, never raises)."""
@@ -271,6 +363,24 @@ class ShadowEvaluator:
             self.metrics.shadow_live_dropped.inc()
 
     # ------------------------------------------------------------------ the loop
+    async def lead(self) -> None:
+        """Run as the fleet's evaluator (the leader), from the evidence a predecessor left."""
+        if self.state.shared:
+            try:
+                blob = await self.state.read_blob("evidence")
+                if blob is not None:
+                    restored = await asyncio.to_thread(self.evidence.restore, blob)
+                    logger.info("shadow evaluator resumes from stored evidence (%d adapter "
+                                "versions)", restored)
+                    self.apply_gate()
+            except StateUnavailable:
+                logger.warning("stored evidence unreachable: the shadow evaluator starts afresh")
+        self.leading = True
+        try:
+            await self.run()
+        finally:
+            self.leading = False
+
     async def run(self) -> None:
         if self._items is None:
             self._items = await asyncio.to_thread(self._suite_items)
@@ -314,8 +424,8 @@ class ShadowEvaluator:
             return []
 
     def _active(self, domain: str) -> AdapterEntry | None:
-        name = self.gateway.table.active.get(domain)
-        return self.gateway.registry.get(name) if name else None
+        name = self.fleet.table.active.get(domain)
+        return self.fleet.registry.get(name) if name else None
 
     def _next_item(self) -> DomainItem | None:
         """Round-robin over domains with an active adapter; within a domain, an item drawn
@@ -331,31 +441,20 @@ class ShadowEvaluator:
         return self._rng.choice([i for i in items if i.domain == domain])
 
     def _shadows(self, domain: str) -> list[AdapterEntry]:
-        return [e for e in self.gateway.registry
+        return [e for e in self.fleet.registry
                 if e.domain == domain and e.status is AdapterStatus.SHADOW]
 
     async def _on_replica(self, entry: AdapterEntry | None,
                           work: Callable[[VllmScorer, str], Any]) -> Any:
         """Run ``work(scorer, model)`` on a replica chosen like a user request's, with the
         adapter loaded and pinned (not evictable) meanwhile."""
-        gw = self.gateway
-        name = entry.name if entry else None
-        replica = choose_replica(gw.pool.replicas, name, gw.loader.is_resident)
-        if replica is None:
-            raise RuntimeError("no replica is ready")
-        scorer = self._scorers.get(replica.url)
-        if scorer is None:
-            scorer = self._scorers[replica.url] = VllmScorer(
-                gw.client, base_url=replica.url, throttle=self._counted_slot,
-                preempt=self._until_users_need_it)
-        if entry is None:
-            return await work(scorer, gw.settings.upstream.served_model_name)
-        await gw.ensure_adapter(replica, entry)
-        gw.loader.acquire(replica.url, entry.name)
-        try:
-            return await work(scorer, entry.name)
-        finally:
-            gw.loader.release(replica.url, entry.name)
+        async with self.fleet.pinned(entry) as replica:
+            scorer = self._scorers.get(replica.url)
+            if scorer is None:
+                scorer = self._scorers[replica.url] = VllmScorer(
+                    self.client, base_url=replica.url, throttle=self._counted_slot,
+                    preempt=self._until_users_need_it)
+            return await work(scorer, entry.name if entry else self.general_model)
 
     def user_request_started(self) -> None:
         """Called by the gateway as a user request goes upstream."""
@@ -409,7 +508,7 @@ class ShadowEvaluator:
         }
         await self.store.append(record)
         self._publish(item.domain, active, shadows)
-        self.apply_gate()
+        await self._share(item.domain, active)
         if self.settings.auto_promote:
             await self._maybe_promote(active, shadows)
         return record
@@ -443,9 +542,11 @@ class ShadowEvaluator:
     # ------------------------------------------------------------------ evidence -> state
     def report(self) -> dict[str, Any]:
         """Per domain with an active adapter: evidence and gate state (admin API)."""
+        if not self.leading and self.gate.report is not None:
+            return self.gate.report  # the fleet's evaluator runs on another instance
         domains: dict[str, Any] = {}
-        for domain, name in sorted(self.gateway.table.active.items()):
-            entry = self.gateway.registry.get(name)
+        for domain, name in sorted(self.fleet.table.active.items()):
+            entry = self.fleet.registry.get(name)
             if entry is None:
                 continue
             special, general = self.evidence.scores(entry)
@@ -454,7 +555,7 @@ class ShadowEvaluator:
             domains[domain] = {
                 "adapter": entry.name, "version": entry.version,
                 # What routing does (always "open" with shadow.gate: false) ...
-                "gate": "closed" if domain in self.gateway.gated else "open",
+                "gate": "closed" if domain in self.gate.gated else "open",
                 # ... and what the evidence says, whether or not routing follows it.
                 "verdict": gate.state.value,
                 "samples": gate.n,
@@ -472,7 +573,8 @@ class ShadowEvaluator:
             }
         return {"gate_enabled": self.settings.gate, "min_samples": self.settings.min_samples,
                 "confidence": self.settings.confidence, "method": METHOD,
-                "items_scored": self.items_scored, "domains": domains}
+                "items_scored": self.items_scored, "evaluator": self.holder,
+                "domains": domains}
 
     def _publish(self, domain: str, active: AdapterEntry,
                  shadows: Sequence[AdapterEntry]) -> None:
@@ -489,28 +591,37 @@ class ShadowEvaluator:
         m.shadow_score.labels(domain, GENERAL).set(estimate(general).mean)
 
     def apply_gate(self) -> frozenset[str]:
-        """Route by the gates of the domains' active versions (after every item, and at once
-        when the registry changes: a new active version brings its own record)."""
-        gw = self.gateway
-        gates = {}
-        for domain, name in gw.table.active.items():
-            entry = gw.registry.get(name)
-            if entry is not None:
-                gates[domain] = self.evidence.gate(entry)
-        closed = gated_domains(gates) if self.settings.gate else frozenset()
-        for domain in closed - gw.gated:
-            delta = gates[domain].evidence()
-            logger.warning("quality gate closed for %s: adapter worse than general (delta %+.3f,"
-                           " confidence sequence [%+.3f, %+.3f] over %d samples)", domain,
-                           delta.mean, delta.low, delta.high, delta.n)
-            self.metrics.quality_gate_changes.labels(domain, GateState.CLOSED.value).inc()
-        for domain in gw.gated - closed:
-            logger.info("quality gate open again for %s", domain)
-            self.metrics.quality_gate_changes.labels(domain, GateState.OPEN.value).inc()
-        gw.gated = closed
-        for domain in gw.table.domains:
-            self.metrics.quality_gate_closed.labels(domain).set(1 if domain in closed else 0)
-        return closed
+        """Hand routing the adapter versions whose gate is closed (none with ``gate: false``);
+        the domains the gate now closes."""
+        closed = ([k for k, gate in self.evidence.gates.items() if gate.state is Verdict.CLOSED]
+                  if self.settings.gate else [])
+        self.gate.set_closed(closed)
+        return self.gate.gated
+
+    async def _share(self, domain: str, active: AdapterEntry) -> None:
+        """After an item: the verdicts to routing here, and with shared state to the fleet
+        (the evidence for a successor at most every ``evidence_interval_s``)."""
+        was = self.evidence.gates.get(key(active))
+        self.apply_gate()
+        gate = self.evidence.gate(active)
+        if gate.state is Verdict.CLOSED and (was is None or was.state is not Verdict.CLOSED):
+            delta = gate.evidence()
+            logger.warning("quality gate evidence: %s v%d worse than general for %s (delta "
+                           "%+.3f, confidence sequence [%+.3f, %+.3f] over %d samples)",
+                           active.name, active.version, domain, delta.mean, delta.low,
+                           delta.high, delta.n)
+        if not self.state.shared:
+            return
+        try:
+            self.gate.version = await self.state.write(
+                GATE, self.gate.document(self.report(), self.holder))
+            now = time.monotonic()
+            if now - self._evidence_saved >= self.evidence_interval_s:
+                blob = await asyncio.to_thread(self.evidence.dump)
+                await self.state.write_blob("evidence", blob)
+                self._evidence_saved = now
+        except StateUnavailable:
+            pass  # counted by the backend; routing here already follows
 
     async def _maybe_promote(self, active: AdapterEntry, shadows: Sequence[AdapterEntry]) -> None:
         """Promote the first shadow version whose whole confidence sequence against the active
@@ -519,10 +630,10 @@ class ShadowEvaluator:
         for entry in shadows:
             better = self.evidence.against_active(entry, active)
             if (better.n >= need and better.low > 0
-                    and self.evidence.gate(entry).state is GateState.OPEN):
+                    and self.evidence.gate(entry).state is Verdict.OPEN):
                 logger.warning("auto-promoting %s v%d over %s v%d (delta %+.3f, confidence "
                                "sequence [%+.3f, %+.3f] over %d samples)", entry.name,
                                entry.version, active.name, active.version, better.mean,
                                better.low, better.high, better.n)
-                await self.gateway.set_status(entry.name, AdapterStatus.ACTIVE)
+                await self.fleet.set_status(entry.name, AdapterStatus.ACTIVE)
                 return

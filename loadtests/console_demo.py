@@ -24,6 +24,7 @@ import httpx
 from gateway.app import create_app
 from gateway.proxy import Gateway
 from gateway.settings import Settings
+from gateway.shadow import Observation, ShadowEvaluator, key
 from loadtests.servers import ROOT, free_port
 
 T = TypeVar("T")
@@ -90,13 +91,13 @@ def add_evidence(domain: str, pairs: Sequence[tuple[float, float]]
 
     async def work(gateway: Gateway) -> frozenset[str]:
         shadow = gateway.shadow
-        if shadow is None:
+        if not isinstance(shadow, ShadowEvaluator):
             raise RuntimeError("the shadow evaluator is off (shadow.enabled)")
-        entry = gateway.registry.get(gateway.table.active[domain])
+        entry = gateway.fleet.registry.get(gateway.fleet.table.active[domain])
         assert entry is not None
-        for special, general in pairs:
-            shadow.evidence.add(entry, special, general)
-        return await shadow.apply_gate()
+        observations = [Observation(key(entry), special, general) for special, general in pairs]
+        shadow.evidence.commit(observations, shadow.evidence.advance(observations))
+        return shadow.apply_gate()
 
     return work
 

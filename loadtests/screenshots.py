@@ -74,9 +74,9 @@ def demo(out: Path, requests: int) -> None:
         # No suite items: the evaluator scores nothing itself; the replayed evidence stands.
         with in_process_gateway(settings, shadow_items=[]) as server:
             for domain, pairs in sorted(suite_pairs().items()):
-                if domain in server.gateway.table.active:
+                if domain in server.gateway.fleet.table.active:
                     server.call(add_evidence(domain, pairs))
-            domains = sorted(server.gateway.table.active)
+            domains = sorted(server.gateway.fleet.table.active)
             for _ in range(3):  # a few snapshot intervals, so the traffic charts have a shape
                 send_traffic(server.url, domains, requests // 3)
                 time.sleep(2.5)

@@ -74,6 +74,42 @@ def process(args: list[str], ready_url: str, env: dict[str, str] | None = None,
             out.close()  # type: ignore[union-attr]
 
 
+@contextmanager
+def redis_server() -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """Debian's redis-server on loopback and a free port, keeping nothing on disk (no RDB
+    snapshots, no append-only file); yields (URL, process), stopped on every exit path."""
+    redis = shutil.which("redis-server")
+    if redis is None:
+        raise FileNotFoundError("redis-server is not installed (make system-deps installs it)")
+    port = free_port()
+    proc = subprocess.Popen([redis, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"redis-server exited with {proc.returncode}")
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+                    sock.sendall(b"PING\r\n")
+                    if sock.recv(16).startswith(b"+PONG"):
+                        break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+            time.sleep(0.05)
+        yield f"redis://127.0.0.1:{port}/0", proc
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
 # --------------------------------------------------------------- other proxies, for comparison
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 LITELLM = ROOT / ".venv-litellm" / "bin" / "litellm"

@@ -24,6 +24,17 @@ async def readyz(gateway: GatewayDep) -> JSONResponse:
     body: dict[str, object] = {"status": "ready" if ready else "not_ready", "replicas": replicas}
     if gateway.engine is not None:
         body["engine"] = gateway.engine.info()
+    # Shared state is detail, not readiness: an instance serves on its last known state while
+    # Redis is down (admin changes are refused meanwhile).
+    state: dict[str, object] = {"backend": gateway.state.kind,
+                                "registry_version": gateway.fleet.version}
+    if gateway.state.shared:
+        state.update(gateway.state.health.describe())
+        state["gate_version"] = gateway.gate.version
+    if gateway.leadership is not None:
+        state["instance"] = gateway.leadership.holder
+        state["shadow_leader"] = gateway.leadership.leading
+    body["state"] = state
     return JSONResponse(body, status_code=200 if ready else 503)
 
 

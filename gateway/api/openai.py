@@ -59,7 +59,7 @@ async def retrieve_model(model: str, gateway: GatewayDep) -> dict[str, Any]:
     """One of the models ``GET /v1/models`` lists, or the base model's served name (which
     requests may name too); anything else is a 404 model_not_found."""
     cards = model_cards(gateway)
-    if model in gateway.table.base_aliases and model != BASE_MODEL:
+    if model in gateway.fleet.table.base_aliases and model != BASE_MODEL:
         cards = [{**cards[1], "id": model}]
     card = next((c for c in cards if c["id"] == model), None)
     if card is None:
@@ -77,7 +77,7 @@ def model_cards(gateway: Gateway) -> list[dict[str, Any]]:
     def card(model_id: str, kind: str, **extra: Any) -> dict[str, Any]:
         route = None
         if model_id != AUTO_MODEL:
-            decision = decide(model_id, None, gateway.table, gated=gateway.gated)
+            decision = decide(model_id, None, gateway.fleet.table, gated=gateway.gate.gated)
             route = {"domain": decision.domain, "adapter": decision.adapter,
                      "reason": decision.reason.value}
         return {
@@ -93,12 +93,12 @@ def model_cards(gateway: Gateway) -> list[dict[str, Any]]:
         card(BASE_MODEL, "base", upstream_model=gateway.settings.upstream.served_model_name),
     ]
     data += [
-        card(domain, "domain", adapter=gateway.table.active.get(domain))
-        for domain in sorted(gateway.table.domains)
+        card(domain, "domain", adapter=gateway.fleet.table.active.get(domain))
+        for domain in sorted(gateway.fleet.table.domains)
     ]
     data += [
         card(e.name, "adapter", domain=e.domain, version=e.version, status=e.status.value)
-        for e in gateway.registry
-        if e.name in gateway.table.adapters
+        for e in gateway.fleet.registry
+        if e.name in gateway.fleet.table.adapters
     ]
     return data

@@ -3,11 +3,15 @@ on loopback: what only a real server shows (signals, memory, crashed replicas, l
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import pytest
+
+from loadtests import servers
 from loadtests.servers import free_port, gateway_env, process
 
 
@@ -30,3 +34,13 @@ def gateway_process(
     with process([sys.executable, "-m", "gateway.cli", "serve"], f"{url}/readyz", env,
                  timeout=60) as proc:
         yield url, proc
+
+
+@contextmanager
+def redis_server() -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A real Redis (Debian's redis-server: `make system-deps`) on loopback and a free port,
+    keeping nothing on disk; stopped on every exit path."""
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed (make system-deps installs it)")
+    with servers.redis_server() as running:
+        yield running

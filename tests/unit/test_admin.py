@@ -114,10 +114,32 @@ def test_adapter_paths_outside_the_allowed_directories_are_refused(
     outside = adapter_root.parent / "outside"
     outside.mkdir(exist_ok=True)
     (outside / "adapter_config.json").write_text("{}")
+    given = path.format(root=adapter_root)
     response = admin.post("/admin/adapters", headers=AUTH, json={
-        "name": "evil", "domain": "legal", "path": path.format(root=adapter_root)})
-    assert response.status_code == 409
-    assert "outside the allowed adapter directories" in response.json()["error"]["message"]
+        "name": "evil", "domain": "legal", "path": given})
+    assert response.status_code == 403  # forbidden, not a conflict with the registry's state
+    error = response.json()["error"]
+    assert error["type"] == "permission_error" and error["param"] == "path"
+    assert "outside the allowed adapter directories" in error["message"]
+    # It names the path as sent and the directories as configured, nothing resolved.
+    assert f"'{given}'" in error["message"] and str(adapter_root) in error["message"]
+    assert str(outside.resolve()) not in error["message"].replace(given, "")
+
+
+def test_the_packaged_adapter_directory_is_named_by_its_repository_path(
+    admin_settings: Settings, fake: FakeVllm
+) -> None:
+    from adapters.registry import PUBLISHED_DIR
+
+    settings = admin_settings.model_copy(update={"adapters": admin_settings.adapters.model_copy(
+        update={"allowed_dirs": [PUBLISHED_DIR, *admin_settings.adapters.allowed_dirs]})})
+    app = create_app(settings, transport=fake.transport(), metrics=Metrics())
+    with TestClient(app, raise_server_exceptions=False) as client:
+        response = client.post("/admin/adapters", headers=AUTH, json={
+            "name": "evil", "domain": "legal", "path": "/etc"})
+    assert response.status_code == 403
+    message = response.json()["error"]["message"]
+    assert "adapters/published (packaged)" in message and str(PUBLISHED_DIR) not in message
 
 
 def test_unknown_domain_and_unknown_adapter_are_clear_errors(admin: TestClient) -> None:

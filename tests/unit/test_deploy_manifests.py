@@ -289,7 +289,7 @@ def test_compose_vllm_and_k8s_vllm_run_the_command_of_slm_gateway_run(
         monkeypatch.delenv(key)
     engine_env = vllm_environment(engine)
     image_env = dockerfile().env("cpu")
-    (vllm,) = [c for w in k8s_kind("StatefulSet") for c in pod_spec(w)["containers"]]
+    (vllm,) = pod_spec(k8s_object("StatefulSet", "vllm"))["containers"]
     k8s_env = {e["name"]: e["value"] for e in vllm.get("env", []) if "value" in e}
     for where, command, env in (("compose", service("vllm")["command"], service_env("vllm")),
                                 ("k8s", vllm["args"], k8s_env)):
@@ -512,7 +512,7 @@ def test_disruption_budgets_and_autoscaler_target_existing_workloads() -> None:
 
 
 def test_gateway_config_lists_one_upstream_per_vllm_replica(tmp_path: Path) -> None:
-    (vllm,) = k8s_kind("StatefulSet")
+    vllm = k8s_object("StatefulSet", "vllm")
     headless = k8s_object("Service", vllm["spec"]["serviceName"])
     assert headless["spec"]["clusterIP"] == "None"
     namespace = vllm["metadata"]["namespace"]
@@ -582,7 +582,45 @@ def test_pods_run_unprivileged_with_writable_paths_mounted() -> None:
             assert "add" not in security["capabilities"]
             if security.get("readOnlyRootFilesystem"):
                 mounted = {m["mountPath"] for m in container["volumeMounts"]}
-                assert {"/tmp", f"{workdir()}/var"} <= mounted, container["name"]
+                # Our image writes var/ and /tmp; Redis writes only its --dir.
+                needed = ({"/tmp", f"{workdir()}/var"} if container["image"].startswith(
+                    "slm-gateway") else {option(container["args"], "--dir")})
+                assert needed <= mounted, container["name"]
+
+
+def test_compose_gateway_keeps_its_state_in_the_persisted_redis_service() -> None:
+    url = urlsplit(service_env("gateway")["SLM_GATEWAY_STATE__REDIS_URL"])
+    assert url.scheme == "redis" and url.hostname in compose()["services"]
+    redis = service(url.hostname)
+    assert str(url.port) in redis["expose"] and "ports" not in redis  # not on the host
+    assert service("gateway")["depends_on"][url.hostname]["condition"] == "service_healthy"
+    assert option(redis["command"], "--appendonly") == "yes"
+    assert (f"{redis['volumes'][0].split(':')[0]}", option(redis["command"], "--dir")) in set(
+        mounts(url.hostname))
+
+
+def test_k8s_gateways_share_the_redis_statefulset_with_its_password_from_the_secret() -> None:
+    (container,) = pod_spec(k8s_object("Deployment", "gateway"))["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    url = urlsplit(env["SLM_GATEWAY_STATE__REDIS_URL"]["value"])
+    # Kubernetes expands $(VAR) only for variables defined before this one.
+    names = [e["name"] for e in container["env"]]
+    assert url.password == "$(REDIS_PASSWORD)"
+    assert names.index("REDIS_PASSWORD") < names.index("SLM_GATEWAY_STATE__REDIS_URL")
+    host, namespace, *_ = url.hostname.split(".")  # type: ignore[union-attr]
+    svc = k8s_object("Service", host)
+    assert svc["metadata"]["namespace"] == namespace
+    assert url.port == svc["spec"]["ports"][0]["port"]
+    redis = selected_workload(svc["spec"]["selector"])
+    assert redis["kind"] == "StatefulSet" and redis["spec"]["replicas"] == 1
+    (server,) = pod_spec(redis)["containers"]
+    assert option(server["args"], "--requirepass") == "$(REDIS_PASSWORD)"
+    password = {e["name"]: e for e in server["env"]}["REDIS_PASSWORD"]["valueFrom"]
+    assert password == env["REDIS_PASSWORD"]["valueFrom"]  # the same Secret key on both sides
+    assert option(server["args"], "--appendonly") == "yes"
+    (claim,) = redis["spec"]["volumeClaimTemplates"]
+    data = next(m for m in server["volumeMounts"] if m["name"] == claim["metadata"]["name"])
+    assert data["mountPath"] == option(server["args"], "--dir")
 
 
 # --- Settings names used by every deployment file -----------------------------------------------
