@@ -88,7 +88,7 @@ def _install_stop_signals() -> None:
     KeyboardInterrupt handler: Ctrl-C/SIGINT during start-up (waiting for vLLM) did nothing.
     """
     def on_sigterm(signum: int, frame: object) -> None:
-        raise SystemExit(128 + signum)
+        raise SystemExit(0)  # a stop on request that cleaned up is a success, like Ctrl-C
 
     signal.signal(signal.SIGTERM, on_sigterm)
     signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -228,7 +228,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     except EngineStartError as exc:
         logger.error("%s", exc)
         return 1
-    except (KeyboardInterrupt, SystemExit):
+    except KeyboardInterrupt:
         pass
     finally:
         engine.close()

@@ -46,7 +46,7 @@ from gateway.settings import EngineSettings
 from loadtests.servers import ROOT, free_port
 
 PROMPT = [{"role": "user", "content": "Explain in a few sentences why the sky looks blue."}]
-QUALITY_ITEMS = 40
+QUALITY_ITEMS = 24
 
 
 @dataclass(frozen=True)

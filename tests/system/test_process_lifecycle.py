@@ -74,7 +74,7 @@ def test_serve_stopped_with_sigterm_leaves_no_child_process(
         serving_gateway: tuple[psutil.Process, list[psutil.Process]]) -> None:
     gateway, children = serving_gateway
     gateway.send_signal(signal.SIGTERM)
-    assert gateway.wait(timeout=30) == 128 + signal.SIGTERM
+    assert gateway.wait(timeout=30) == 0  # stopped on request, cleaned up
     assert _gone(children, timeout_s=10) == []
 
 
