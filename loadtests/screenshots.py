@@ -37,15 +37,15 @@ def shoot(url: str, out: Path, token: str | None = None, *, width: int = 1400,
     with chromium(viewport=(width, 900)) as context:
         page = context.new_page()
         page.goto(f"{url.rstrip('/')}/ui/")
-        page.wait_for_function(
-            "document.body.dataset.updated || !document.getElementById('login').hidden",
-            timeout=timeout_s * 1000)
+        # CSS waits: wait_for_function evaluates a string, which the console's CSP forbids.
+        page.wait_for_selector("body[data-updated], #login:not([hidden])",
+                               timeout=timeout_s * 1000)
         if page.is_visible("#login"):
             if not token:
                 raise SystemExit("the console asks for the admin token: pass --admin-token")
             page.fill("#token", token)
             page.click("#login-form button")
-            page.wait_for_function("document.body.dataset.updated", timeout=timeout_s * 1000)
+            page.wait_for_selector("body[data-updated]", timeout=timeout_s * 1000)
         page.screenshot(path=str(out), full_page=True)
     logger.info("wrote %s", out)
 
