@@ -103,7 +103,7 @@ def test_repeated_text_is_answered_from_the_cache(classifier: DomainClassifier) 
 def test_full_stage_takes_at_most_max_full_texts_the_least_sure_first(
     classifier: DomainClassifier,
 ) -> None:
-    texts = ["can you help me with this thing", "hmm what about that", "ok so, the usual?"]
+    texts = ["hmm what about that", "i have a question about something", "not sure how to say this"]
     free = classifier.predict(texts)
     assert free.unsure.all(), "these vague texts should all want the full stage"
     capped = classifier.predict(texts, max_full=1)
