@@ -36,8 +36,10 @@ from router.taxonomy import Taxonomy
 
 logger = logging.getLogger(__name__)
 
-_VERSION = 3  # bump when training changes, to invalidate cached models
-AUTHORED_WEIGHT = 4.0
+_VERSION = 4  # bump when training changes, to invalidate cached models
+# Chosen on the user-written part of the calibration split (issue 14, round 2): accuracy there
+# 0.855 at 4, 0.871 at 8, 0.861 at 16 (C 10); C 3 gave 0.863 (weight 4) / 0.867 (weight 8).
+AUTHORED_WEIGHT = 8.0
 C = 10.0
 # No answer reports more confidence than this. Temperature scaling is fitted on the calibration
 # split, whose writers share briefs with the training files; requests from new writers are

@@ -108,7 +108,8 @@ def test_full_stage_takes_at_most_max_full_texts_the_least_sure_first(
     pool = ["can you help me with this thing", "hmm what about that", "ok so, the usual?",
             "tell me more about it please", "I have a question about the thing from before",
             "what do you think of this one", "something something",
-            "could you check this for me", "need some advice", "which one would you take"]
+            "could you check this for me", "need some advice", "which one would you take",
+            "i have a question about something", "not sure how to say this"]
     unsure = classifier.predict(pool).unsure
     texts = [text for text, flag in zip(pool, unsure, strict=True) if flag][:3]
     assert len(texts) == 3, "vague texts should want the full stage"

@@ -36,7 +36,9 @@ def test_only_the_last_max_turns_user_turns_are_kept() -> None:
 
 
 def test_a_follow_up_without_its_own_topic_keeps_the_conversation_domain() -> None:
-    resolved = resolve([p(legal=0.9, outside=0.1), p(health=0.1, follow=0.9)], OUTSIDE, FOLLOW)
+    resolved = resolve(
+        [p(legal=0.9, outside=0.1), p(health=0.1, follow=0.9)], OUTSIDE, FOLLOW, persistence=0
+    )
     assert resolved.argmax() == LEGAL
     assert resolved[LEGAL] == pytest.approx(0.81)
     assert resolved[FOLLOW] == 0.0
@@ -66,7 +68,23 @@ def test_a_follow_up_that_opens_the_conversation_goes_to_the_general_model() -> 
 
 def test_without_a_follow_up_label_the_last_turn_decides() -> None:
     last = np.array([0.3, 0.7, 0.0])
-    assert np.array_equal(resolve([np.array([1.0, 0.0, 0.0]), last], 2, None), last)
+    assert np.array_equal(
+        resolve([np.array([1.0, 0.0, 0.0]), last], 2, None, persistence=0), last
+    )
+
+
+def test_persistence_keeps_a_follow_up_with_a_content_word_on_the_conversation_topic() -> None:
+    # "the second boss" after a games question: little follow-up mass, a weak wrong guess.
+    turns = [p(legal=0.9, outside=0.1), p(legal=0.3, health=0.45, outside=0.2, follow=0.05)]
+    assert resolve(turns, OUTSIDE, FOLLOW, persistence=0).argmax() == HEALTH
+    assert resolve(turns, OUTSIDE, FOLLOW, persistence=2.0).argmax() == LEGAL
+
+
+def test_persistence_does_not_stop_a_confident_switch() -> None:
+    turns = [p(legal=0.95, outside=0.05), p(legal=0.05, health=0.9, follow=0.05)]
+    resolved = resolve(turns, OUTSIDE, FOLLOW, persistence=2.0)
+    assert resolved.argmax() == HEALTH
+    assert resolved.sum() == pytest.approx(1.0)
 
 
 def test_resolve_refuses_an_empty_conversation() -> None:
