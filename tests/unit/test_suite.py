@@ -153,3 +153,10 @@ async def test_a_call_is_abandoned_as_soon_as_preempt_fires() -> None:
     with pytest.raises(Preempted):
         await asyncio.wait_for(task, 2.0)
     assert cancelled.is_set()  # the upstream call itself was cancelled, not left running
+
+
+def test_the_default_suite_has_at_least_60_items_in_every_domain_and_100_where_it_can() -> None:
+    counts = Counter(i.domain for i in suite_items())
+    available = Counter(i.domain for i in domain_items(split=TEST))
+    assert min(counts.values()) >= 60
+    assert all(counts[d] == min(100, available[d]) for d in counts)
