@@ -66,7 +66,8 @@ class FakeVllm:
                 return httpx.Response(
                     404, json={"error": {"message": f"The model `{body['model']}` does not exist."}}
                 )
-            if body.get("prompt_logprobs") is not None:
+            if path == "/v1/completions" and body.get("prompt_logprobs") is not None and all(
+                    isinstance(p, list) for p in body.get("prompt", "")):  # token-id prompts
                 return httpx.Response(200, json=likelihoods(
                     body, self.answers.get(str(body["model"]), "Hello there")))
             if body["model"] in self.answers:

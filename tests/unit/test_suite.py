@@ -117,7 +117,7 @@ async def test_score_all_keeps_job_order_and_reports_progress() -> None:
 
 def score(item: str, model: str, value: float, domain: str = "legal") -> ItemScore:
     return ItemScore(item_id=item, domain=domain, model=model, metric="accuracy", score=value,
-                     answer="")
+                     answer="", method="loglik")
 
 
 def test_summary_pairs_specialized_and_general_on_the_same_items() -> None:
@@ -128,6 +128,7 @@ def test_summary_pairs_specialized_and_general_on_the_same_items() -> None:
     legal = summary["domains"]["legal"]
     assert (legal["n"], legal["general"]["mean"], legal["specialized"]["mean"]) == (10, 0.5, 1.0)
     assert legal["delta"]["mean"] == 0.5 and legal["delta"]["low"] > 0
+    assert legal["methods"] == {"loglik": 10}
     assert summary["adapters_better"] == 1 and "delta" not in summary["domains"]["news"]
     table = format_table(summary)
     assert "| legal | 10 | 0.500 [" in table and "(no adapter)" in table
