@@ -40,6 +40,10 @@ from adapters.scoring import (
 
 logger = logging.getLogger(__name__)
 
+# vllm_xargs key read by adapters/vllm_cpu_fix.py (section 4); kept here so that scoring never
+# imports the vLLM plugin (and vLLM with it).
+CACHEABLE_PREFIX_ARG = "slm_cacheable_prefix"
+
 DEFAULT_PER_DOMAIN = 100
 MAX_ANSWER_TOKENS = {"multiple_choice": 24, "short_answer": 32, "generation": 96}
 
@@ -168,8 +172,11 @@ class VllmScorer:
         The context is the conversation as the engine renders it (its chat template, with the
         assistant turn opened); each option is tokenized on its own and appended (the template
         ends the context with a newline, which the tokenizer never merges with what follows, so
-        this is the same split as tokenizing context + option together). One completion request
-        carries every option; ``max_tokens`` 1 because vLLM must generate something."""
+        this is the same split as tokenizing context + option together). ``max_tokens`` is 1
+        because vLLM must generate something. The first option goes alone, the others in one
+        request after it: with the project's vLLM plugin they read the context's KV blocks from
+        the prefix cache (``slm_cacheable_prefix``: never past the context, so every option
+        token is computed), which makes a k-option question cost about one prefill, not k."""
         context = (await self._post("/tokenize", {
             "model": model, "messages": [{"role": "user", "content": prompt}],
             "add_generation_prompt": True}))["tokens"]
@@ -178,12 +185,17 @@ class VllmScorer:
             tokens = (await self._post("/tokenize", {
                 "model": model, "prompt": option, "add_special_tokens": False}))["tokens"]
             prompts.append([*context, *tokens])
-        result = await self._post("/v1/completions", {
-            "model": model, "prompt": prompts, "max_tokens": 1, "temperature": 0,
-            "prompt_logprobs": 0})
-        choices = sorted(result["choices"], key=lambda c: int(c["index"]))
-        if len(choices) != len(prompts):
-            raise SuiteError(f"{len(choices)} completions for {len(prompts)} options")
+        choices: list[dict[str, Any]] = []
+        for batch in (prompts[:1], prompts[1:]):
+            if not batch:
+                continue
+            result = await self._post("/v1/completions", {
+                "model": model, "prompt": batch, "max_tokens": 1, "temperature": 0,
+                "prompt_logprobs": 0, "vllm_xargs": {CACHEABLE_PREFIX_ARG: len(context)}})
+            answered = sorted(result["choices"], key=lambda c: int(c["index"]))
+            if len(answered) != len(batch):
+                raise SuiteError(f"{len(answered)} completions for {len(batch)} options")
+            choices.extend(answered)
         return [continuation_logprob(c["prompt_logprobs"], ids, len(context))
                 for c, ids in zip(choices, prompts, strict=True)]
 

@@ -34,6 +34,11 @@ needs): the LoRA logits path maps rows to adapters per request, not per prompt t
 the engine on a shape error; see :func:`_patch_prompt_logprobs_lora_mapping`.
 ``tests/e2e/test_loglik.py`` checks the engine's prompt log-probabilities, base and adapter,
 alone and in mixed batches, against transformers + peft.
+
+**4. Prompt log-probabilities after a cached context**: a request may opt in to reading the
+prefix cache for its first n tokens although it asks for prompt log-probabilities (vLLM never
+does by default), so likelihood scoring prefills a question once, not once per option; see
+:func:`_allow_cached_context_for_prompt_logprobs`.
 """
 
 from __future__ import annotations
@@ -246,6 +251,7 @@ def _patch_prompt_logprobs_lora_mapping() -> None:
 
     def get_prompt_logprobs_dict(self: Any, hidden_states: Any, num_scheduled_tokens: Any
                                  ) -> Any:
+        _zero_filled_prompt_logprobs(self)
         if not self.num_prompt_logprobs or self.lora_config is None:
             return native_prompt_logprobs(self, hidden_states, num_scheduled_tokens)
         model = self.model
@@ -266,7 +272,74 @@ def _patch_prompt_logprobs_lora_mapping() -> None:
         finally:
             del model.compute_logits
 
+    _allow_cached_context_for_prompt_logprobs()
     setattr(add_lora_logits, _PATCHED, True)
     PunicaWrapperCPU.add_lora_logits = add_lora_logits  # type: ignore[method-assign]
     CPUModelRunner._get_prompt_logprobs_dict = get_prompt_logprobs_dict  # type: ignore[method-assign]
     logger.info("slm-gateway: prompt log-probabilities with LoRA use the per-token adapter mapping")
+
+
+# --- 4. Prompt log-probabilities that reuse a cached context -------------------------------------
+# vllm_xargs key of a completion request: how many leading prompt tokens may come from the
+# prefix cache although the request asks for prompt log-probabilities.
+CACHEABLE_PREFIX_ARG = "slm_cacheable_prefix"
+
+
+def cacheable_prefix(request: Any) -> int | None:
+    params = getattr(request, "sampling_params", None)
+    value = ((params.extra_args or {}) if params is not None else {}).get(CACHEABLE_PREFIX_ARG)
+    return int(value) if isinstance(value, int | float | str) and str(value).isdigit() else None
+
+
+def _zero_filled_prompt_logprobs(runner: Any) -> None:
+    """Start each request's prompt log-probabilities as zeros rather than ``torch.empty``: the
+    positions a cache hit skipped (section 4) then read 0.0, never uninitialised memory."""
+    from vllm.v1.outputs import LogprobsTensors
+
+    for req_id, num in runner.num_prompt_logprobs.items():
+        request = runner.requests.get(req_id)
+        if (request is None or request.prompt_token_ids is None
+                or request.in_progress_prompt_logprobs_cpu is not None):
+            continue
+        tensors = LogprobsTensors.empty_cpu(len(request.prompt_token_ids) - 1, num + 1)
+        for tensor in (tensors.logprob_token_ids, tensors.logprobs, tensors.selected_token_ranks):
+            tensor.zero_()
+        request.in_progress_prompt_logprobs_cpu = tensors
+
+
+def _allow_cached_context_for_prompt_logprobs() -> None:
+    """vLLM never reads the prefix cache for a request with ``prompt_logprobs`` (the positions
+    served from the cache would have none), so scoring k options of one question prefills the
+    question k times: on 2 CPU cores the suite took hours. Likelihood scoring needs the
+    log-probabilities of the option tokens only, after the question. A request that says how
+    long its context is (``vllm_xargs: {"slm_cacheable_prefix": n}``) may now read cached
+    blocks for at most its first ``n`` tokens; positions it did not compute read 0.0 (see
+    :func:`_zero_filled_prompt_logprobs`), every later one is computed as before. Requests
+    without the key are untouched."""
+    from vllm.v1.core.kv_cache_manager import KVCacheManager
+
+    native = KVCacheManager.get_computed_blocks
+    if getattr(native, _PATCHED, False):
+        return
+
+    def get_computed_blocks(self: Any, request: Any) -> Any:
+        limit = cacheable_prefix(request)
+        if limit is None:
+            return native(self, request)
+        # Its lookups (this one and any after a preemption) read the cache, always capped; it
+        # also counts in vLLM's prefix-cache metrics.
+        request.skip_reading_prefix_cache = False
+        find = self.coordinator.find_longest_cache_hit
+
+        def capped(block_hashes: Any, max_cache_hit_length: int, *args: Any, **kwargs: Any
+                   ) -> Any:
+            return find(block_hashes, min(max_cache_hit_length, limit), *args, **kwargs)
+
+        self.coordinator.find_longest_cache_hit = capped
+        try:
+            return native(self, request)
+        finally:
+            del self.coordinator.find_longest_cache_hit
+
+    setattr(get_computed_blocks, _PATCHED, True)
+    KVCacheManager.get_computed_blocks = get_computed_blocks  # type: ignore[method-assign]

@@ -174,4 +174,10 @@ async def test_suite_scorer_option_likelihoods_equal_the_reference_on_suite_item
                     # A sum over the option's tokens: the per-token tolerance times its length.
                     assert abs(value - expected) <= max_tol * (len(ids) - context), (
                         item.id, model, option, value, expected)
+        # The options after the first read the question from the prefix cache (plugin, section
+        # 4): the numbers above are right with the cache in use.
+        metrics = (await client.get("/metrics")).text
+    hits = sum(float(line.split()[-1]) for line in metrics.splitlines()
+               if line.startswith("vllm:prefix_cache_hits_total"))
+    assert hits > 0
 

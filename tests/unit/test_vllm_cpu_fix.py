@@ -109,3 +109,9 @@ def test_fallback_gemm_matches_the_native_kernel_where_the_library_has_it() -> N
     native = kernel.apply_weights(native_layer, x)  # type: ignore[attr-defined]
     fallback = dense_apply_weights(kernel, fallback_layer, x)
     assert torch.allclose(native.float(), fallback.float(), atol=2e-2, rtol=2e-2)
+
+
+def test_the_scorer_and_the_plugin_agree_on_the_cacheable_prefix_argument() -> None:
+    from adapters import suite, vllm_cpu_fix
+
+    assert suite.CACHEABLE_PREFIX_ARG == vllm_cpu_fix.CACHEABLE_PREFIX_ARG
