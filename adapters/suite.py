@@ -133,6 +133,13 @@ class VllmScorer:
         self._preempt = preempt
         self.multiple_choice = multiple_choice
 
+    async def _tokenize(self, body: dict[str, Any]) -> list[int]:
+        """vLLM's tokenizer (no model call: neither throttled nor preempted)."""
+        response = await self._client.post(self._base_url + "/tokenize", json=body)
+        if response.status_code != 200:
+            raise SuiteError(f"/tokenize answered {response.status_code}: {response.text[:300]}")
+        return [int(t) for t in response.json()["tokens"]]
+
     async def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         async with self._throttle():
             call = asyncio.ensure_future(self._client.post(self._base_url + path, json=body))
@@ -177,13 +184,13 @@ class VllmScorer:
         request after it: with the project's vLLM plugin they read the context's KV blocks from
         the prefix cache (``slm_cacheable_prefix``: never past the context, so every option
         token is computed), which makes a k-option question cost about one prefill, not k."""
-        context = (await self._post("/tokenize", {
+        context = await self._tokenize({
             "model": model, "messages": [{"role": "user", "content": prompt}],
-            "add_generation_prompt": True}))["tokens"]
+            "add_generation_prompt": True})
         prompts: list[list[int]] = []
         for option in options:
-            tokens = (await self._post("/tokenize", {
-                "model": model, "prompt": option, "add_special_tokens": False}))["tokens"]
+            tokens = await self._tokenize({
+                "model": model, "prompt": option, "add_special_tokens": False})
             prompts.append([*context, *tokens])
         choices: list[dict[str, Any]] = []
         for batch in (prompts[:1], prompts[1:]):
