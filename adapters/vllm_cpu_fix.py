@@ -312,9 +312,11 @@ def _allow_cached_context_for_prompt_logprobs() -> None:
     served from the cache would have none), so scoring k options of one question prefills the
     question k times: on 2 CPU cores the suite took hours. Likelihood scoring needs the
     log-probabilities of the option tokens only, after the question. A request that says how
-    long its context is (``vllm_xargs: {"slm_cacheable_prefix": n}``) may now read cached
-    blocks for at most its first ``n`` tokens; positions it did not compute read 0.0 (see
-    :func:`_zero_filled_prompt_logprobs`), every later one is computed as before. Requests
+    long its context is (``vllm_xargs: {"slm_cacheable_prefix": n}``: the log-probabilities of
+    its tokens from position n on are needed) may now read cached blocks for at most its first
+    ``n - 1`` tokens (the logits at position n - 1 give token n's log-probability); positions
+    it did not compute read 0.0 (see :func:`_zero_filled_prompt_logprobs`), every later one is
+    computed as before. Requests
     without the key are untouched."""
     from vllm.v1.core.kv_cache_manager import KVCacheManager
 
@@ -333,7 +335,9 @@ def _allow_cached_context_for_prompt_logprobs() -> None:
 
         def capped(block_hashes: Any, max_cache_hit_length: int, *args: Any, **kwargs: Any
                    ) -> Any:
-            return find(block_hashes, min(max_cache_hit_length, limit), *args, **kwargs)
+            # A token's log-probability comes from the logits of the token before it: that one
+            # must be computed too, so the cache stops one token short of the limit.
+            return find(block_hashes, min(max_cache_hit_length, limit - 1), *args, **kwargs)
 
         self.coordinator.find_longest_cache_hit = capped
         try:
