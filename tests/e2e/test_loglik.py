@@ -182,3 +182,28 @@ async def test_suite_scorer_option_likelihoods_equal_the_reference_on_suite_item
                if line.startswith("vllm:prefix_cache_hits_total"))
     assert hits > 0
 
+
+
+async def test_option_likelihoods_stay_right_when_the_question_fills_whole_kv_blocks(
+    engine: Engine, reference: dict[str, Any]
+) -> None:
+    """A context of exactly 128 tokens (one CPU KV block) is cached whole after the first
+    option; the first option token's log-probability needs the logits of the context's last
+    token, which must still be computed (the plugin stops the cache one token short)."""
+    tokenizer = reference["tokenizer"]
+    words = ["Which", "answer", "is", "right?"]
+    question = " ".join(words)
+    while len(token_ids(tokenizer, question, "")) < 128:
+        words.insert(-1, "really")
+        question = " ".join(words)
+    assert len(token_ids(tokenizer, question, "")) == 128, "pick another filler word"
+    options = ("yes", "no", "maybe")
+    max_tol, _ = TOLERANCE[engine.dtype]
+    async with httpx.AsyncClient(base_url=engine.url, timeout=120) as client:
+        scorer = VllmScorer(client)
+        for _ in range(2):  # the second time every option's question comes from the cache
+            served = await scorer.option_logprobs(ADAPTER, question, options)
+            for option, value in zip(options, served, strict=True):
+                ids = token_ids(tokenizer, question, option)
+                expected = sum(reference_logprobs(reference[ADAPTER], ids)[127:])
+                assert abs(value - expected) <= max_tol * (len(ids) - 128), (option, value)
