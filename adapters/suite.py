@@ -5,9 +5,11 @@ plus project-written items), which no adapter and no router head was trained on.
 contributes its first ``per_domain`` items in a fixed order that takes every source in turn, so
 a small ``--limit`` still covers all of a domain's sources.
 
-Scoring talks to vLLM's OpenAI server (an adapter is just a ``model`` name there): every item
-gets a greedy answer, scored as :mod:`adapters.scoring` describes (multiple choice: the answer
-is matched to an option).
+Scoring talks to vLLM's OpenAI server (an adapter is just a ``model`` name there), as
+:mod:`adapters.scoring` describes: multiple choice by option log-likelihood (vLLM tokenizes the
+conversation with the served chat template and returns ``prompt_logprobs`` for the context
+followed by each option, all options in one request), short answers and generations by a greedy
+answer.
 """
 
 from __future__ import annotations
@@ -26,11 +28,23 @@ from typing import Any
 import httpx
 
 from adapters.corpus import MULTIPLE_CHOICE, TEST, DomainItem, domain_items
-from adapters.scoring import match_option, score_text, token_f1
+from adapters.scoring import (
+    GENERATED_MATCH,
+    continuation_logprob,
+    likelihood_method,
+    match_option,
+    pick_option,
+    score_text,
+    token_f1,
+)
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_PER_DOMAIN = 40
+# vllm_xargs key read by adapters/vllm_cpu_fix.py (section 4); kept here so that scoring never
+# imports the vLLM plugin (and vLLM with it).
+CACHEABLE_PREFIX_ARG = "slm_cacheable_prefix"
+
+DEFAULT_PER_DOMAIN = 100
 MAX_ANSWER_TOKENS = {"multiple_choice": 24, "short_answer": 32, "generation": 96}
 
 
@@ -83,9 +97,11 @@ class ItemScore:
     model: str
     metric: str
     score: float
-    answer: str  # the generated text
+    answer: str  # the generated text; likelihood scoring: the option picked
     f1: float | None = None  # short answers: token F1, partial credit
     seconds: float = 0.0
+    method: str = ""  # how it was scored: loglik, loglik_norm, exact_match, rouge_l, ...
+    option_logprobs: tuple[float, ...] | None = None  # likelihood scoring: per option
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -101,15 +117,28 @@ class VllmScorer:
         base_url: str = "",
         throttle: Callable[[], AbstractAsyncContextManager[None]] | None = None,
         preempt: Callable[[], Awaitable[None]] | None = None,
+        multiple_choice: str = "loglik",
     ) -> None:
         """``base_url`` prefixes every path (empty: the client's own base URL); ``throttle``
         admits each model call (the shadow evaluator's budget); a call still running when
         ``preempt()`` returns is cancelled (vLLM aborts a request whose client went away) and
-        :class:`Preempted` raised."""
+        :class:`Preempted` raised. ``multiple_choice``: ``loglik`` (option likelihoods, the
+        default) or ``generate`` (a greedy answer matched to an option, for engines that cannot
+        return prompt log-probabilities with an adapter)."""
+        if multiple_choice not in ("loglik", "generate"):
+            raise ValueError(f"multiple_choice must be loglik or generate, not {multiple_choice!r}")
         self._client = client
         self._base_url = base_url
         self._throttle = throttle or contextlib.nullcontext
         self._preempt = preempt
+        self.multiple_choice = multiple_choice
+
+    async def _tokenize(self, body: dict[str, Any]) -> list[int]:
+        """vLLM's tokenizer (no model call: neither throttled nor preempted)."""
+        response = await self._client.post(self._base_url + "/tokenize", json=body)
+        if response.status_code != 200:
+            raise SuiteError(f"/tokenize answered {response.status_code}: {response.text[:300]}")
+        return [int(t) for t in response.json()["tokens"]]
 
     async def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         async with self._throttle():
@@ -143,21 +172,70 @@ class VllmScorer:
     async def generate(self, model: str, prompt: str, max_tokens: int) -> str:
         return await self.chat(model, [{"role": "user", "content": prompt}], max_tokens)
 
+    async def option_logprobs(self, model: str, prompt: str, options: Sequence[str]
+                              ) -> list[float]:
+        """Each option's summed log-probability as the assistant's reply to ``prompt``.
+
+        The context is the conversation as the engine renders it (its chat template, with the
+        assistant turn opened); each option is tokenized on its own and appended (the template
+        ends the context with a newline, which the tokenizer never merges with what follows, so
+        this is the same split as tokenizing context + option together). ``max_tokens`` is 1
+        because vLLM must generate something. The first option goes alone, the others in one
+        request after it: with the project's vLLM plugin they read the context's KV blocks from
+        the prefix cache (``slm_cacheable_prefix``: never past the context, so every option
+        token is computed), which makes a k-option question cost about one prefill, not k."""
+        context = await self._tokenize({
+            "model": model, "messages": [{"role": "user", "content": prompt}],
+            "add_generation_prompt": True})
+        prompts: list[list[int]] = []
+        for option in options:
+            tokens = await self._tokenize({
+                "model": model, "prompt": option, "add_special_tokens": False})
+            prompts.append([*context, *tokens])
+        choices: list[dict[str, Any]] = []
+        for batch in (prompts[:1], prompts[1:]):
+            if not batch:
+                continue
+            result = await self._post("/v1/completions", {
+                "model": model, "prompt": batch, "max_tokens": 1, "temperature": 0,
+                "prompt_logprobs": 0, "vllm_xargs": {CACHEABLE_PREFIX_ARG: len(context)}})
+            answered = sorted(result["choices"], key=lambda c: int(c["index"]))
+            if len(answered) != len(batch):
+                raise SuiteError(f"{len(answered)} completions for {len(batch)} options")
+            choices.extend(answered)
+        return [continuation_logprob(c["prompt_logprobs"], ids, len(context))
+                for c, ids in zip(choices, prompts, strict=True)]
+
+    async def _score_by_likelihood(self, item: DomainItem, model: str, started: float
+                                   ) -> ItemScore:
+        method = likelihood_method(item.source)
+        logprobs = await self.option_logprobs(model, item.prompt, item.choices)
+        chosen = pick_option(logprobs, item.choices, method)
+        return ItemScore(
+            item_id=item.id, domain=item.domain, model=model, metric=item.metric,
+            score=float(chosen == item.answer_index), answer=item.choices[chosen],
+            seconds=time.perf_counter() - started, method=method,
+            option_logprobs=tuple(round(lp, 4) for lp in logprobs))
+
     async def score(self, item: DomainItem, model: str) -> ItemScore:
         started = time.perf_counter()
-        answer = await self.generate(model, item.prompt, MAX_ANSWER_TOKENS[item.task])
         f1: float | None = None
+        if item.task == MULTIPLE_CHOICE and self.multiple_choice == "loglik":
+            return await self._score_by_likelihood(item, model, started)
+        answer = await self.generate(model, item.prompt, MAX_ANSWER_TOKENS[item.task])
         if item.task == MULTIPLE_CHOICE:
+            method = GENERATED_MATCH
             chosen = match_option(answer, item.choices)
             score = float(chosen is not None and chosen == item.answer_index)
         else:
+            method = item.metric
             references = item.references or (item.answer,)
             score = score_text(item.metric, answer, references)
             if item.task == "short_answer":
                 f1 = token_f1(answer, references)
         return ItemScore(
             item_id=item.id, domain=item.domain, model=model, metric=item.metric, score=score,
-            answer=answer, f1=f1, seconds=time.perf_counter() - started,
+            answer=answer, f1=f1, seconds=time.perf_counter() - started, method=method,
         )
 
 

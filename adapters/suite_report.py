@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,8 @@ def summarise(
             "n": len(general),
             "general": estimate([s.score for s in general.values()]).as_dict(),
             "adapter": adapters.get(domain),
+            # How its items were scored: method -> items (loglik, loglik_norm, rouge_l, ...).
+            "methods": dict(sorted(Counter(s.method for s in general.values()).items())),
         }
         special = by_model.get((domain, adapters.get(domain, "")), {})
         if special:
@@ -113,7 +115,7 @@ def plot(summary: Mapping[str, Any], path: Path) -> None:
                   xerr=errors(key), capsize=2, label=label)
     left.set_yticks(y, domains, fontsize=8)
     left.invert_yaxis()
-    left.set_xlabel("suite score (accuracy / exact match / ROUGE-L), 95% CI")
+    left.set_xlabel("suite score (MC accuracy by log-likelihood / exact match / ROUGE-L), 95% CI")
     left.legend(fontsize=8)
     deltas = [rows[d]["delta"]["mean"] for d in domains]
     colors = ["tab:green" if (rows[d]["delta"]["low"] or 0) > 0 else

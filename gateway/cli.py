@@ -679,7 +679,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, default=None, help="YAML settings file")
     p.add_argument("--domains", type=lambda s: [d for d in s.split(",") if d], default=None,
                    help="comma-separated domain ids (default: all)")
-    p.add_argument("--limit", type=int, default=40, help="items per domain")
+    p.add_argument("--limit", type=int, default=100,
+                   help="items per domain (adapters.suite.DEFAULT_PER_DOMAIN)")
     p.add_argument("--url", default=None,
                    help="an existing vLLM server (default: start one with the 4-bit base)")
     p.add_argument("--concurrency", type=int, default=4)

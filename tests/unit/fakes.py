@@ -62,6 +62,8 @@ class FakeVllm:
             self.unload_calls.append(body["lora_name"])
             self.loaded.discard(body["lora_name"])
             return httpx.Response(200, text="Success")
+        if path == "/tokenize":
+            return httpx.Response(200, json={"tokens": fake_tokens(body)})
         if path in ("/v1/chat/completions", "/v1/completions"):
             self.requests.append(body)
             if self.on_completion is not None:
@@ -70,6 +72,10 @@ class FakeVllm:
                 return httpx.Response(
                     404, json={"error": {"message": f"The model `{body['model']}` does not exist."}}
                 )
+            if path == "/v1/completions" and body.get("prompt_logprobs") is not None and all(
+                    isinstance(p, list) for p in body.get("prompt", "")):  # token-id prompts
+                return httpx.Response(200, json=likelihoods(
+                    body, self.answers.get(str(body["model"]), "Hello there")))
             if body["model"] in self.answers:
                 return httpx.Response(200, json=completion(str(body["model"]),
                                                            self.answers[str(body["model"])]))
@@ -107,6 +113,43 @@ class FakeVllm:
 
         return httpx.Response(200, headers={"content-type": "text/event-stream"},
                               content=events())
+
+
+# The fake tokenizer: one token per character (its code point); a conversation renders as
+# "<role>content\n" per message, then "<assistant>" for the generation prompt.
+ASSISTANT = "<assistant>"
+
+
+def fake_tokens(body: dict[str, object]) -> list[int]:
+    if "messages" in body:
+        messages = body["messages"]
+        assert isinstance(messages, list)
+        text = "".join(f"<{m['role']}>{m['content']}\n" for m in messages)
+        text += ASSISTANT if body.get("add_generation_prompt") else ""
+    else:
+        text = str(body["prompt"])
+    return [ord(c) for c in text]
+
+
+def likelihoods(body: dict[str, object], preferred: str) -> dict[str, object]:
+    """vLLM's answer to ``prompt_logprobs`` for token-id prompts, from a model that likes its
+    ``preferred`` reply: each character of a reply equal to it costs -0.1, of any other reply
+    -2.0, of the context -1.0."""
+    prompts = body["prompt"]
+    assert isinstance(prompts, list)
+    choices = []
+    for index, ids in enumerate(prompts):
+        text = "".join(chr(i) for i in ids)
+        start = text.rfind(ASSISTANT) + len(ASSISTANT)
+        cost = -0.1 if text[start:] == preferred else -2.0
+        logprobs: list[dict[str, dict[str, float]] | None] = [None] + [
+            {str(token): {"logprob": cost if position >= start else -1.0, "rank": 1}}
+            for position, token in enumerate(ids) if position > 0]
+        choices.append({"index": index, "text": "x", "prompt_logprobs": logprobs,
+                        "finish_reason": "length"})
+    return {"id": "cmpl-1", "object": "text_completion", "model": body["model"],
+            "choices": choices}
+
 
 def completion(model: str, text: str = "Hello there") -> dict[str, object]:
     return {

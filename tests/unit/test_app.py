@@ -52,17 +52,28 @@ def test_domain_request_loads_and_uses_its_adapter(client: TestClient, fake: Fak
     assert fake.load_calls == ["law-v1"], "a resident adapter is not loaded again"
 
 
-def test_prompt_logprobs_are_refused_for_adapters_but_forwarded_for_the_base_model(
+def test_prompt_logprobs_are_forwarded_for_adapters_by_default(
     client: TestClient, fake: FakeVllm
 ) -> None:
-    # vLLM-CPU crashes its engine on prompt logprobs with LoRA: never forward them there.
-    for extra in ({"prompt_logprobs": 1}, {"echo": True, "logprobs": 1}):
-        refused = client.post(CHAT, json=chat("legal", **extra))
-        assert refused.status_code == 400
-        assert refused.json()["error"]["param"] == "prompt_logprobs"
-    assert fake.requests == [] and fake.load_calls == []
-    assert client.post(CHAT, json=chat("base", prompt_logprobs=1)).status_code == 200
-    assert fake.requests[-1]["prompt_logprobs"] == 1
+    # The embedded vLLM-CPU serves them with LoRA since the plugin fix (adapters/vllm_cpu_fix.py).
+    assert client.post(CHAT, json=chat("legal", prompt_logprobs=1)).status_code == 200
+    assert fake.requests[-1]["prompt_logprobs"] == 1 and fake.requests[-1]["model"] == "law-v1"
+
+
+def test_prompt_logprobs_for_adapters_are_refused_when_the_engine_cannot_serve_them(
+    settings: Settings, fake: FakeVllm, metrics: Metrics
+) -> None:
+    upstream = settings.upstream.model_copy(update={"lora_prompt_logprobs": False})
+    app = create_app(settings.model_copy(update={"upstream": upstream}),
+                     transport=fake.transport(), metrics=metrics)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        for extra in ({"prompt_logprobs": 1}, {"echo": True, "logprobs": 1}):
+            refused = client.post(CHAT, json=chat("legal", **extra))
+            assert refused.status_code == 400
+            assert refused.json()["error"]["param"] == "prompt_logprobs"
+        assert fake.requests == [] and fake.load_calls == []
+        assert client.post(CHAT, json=chat("base", prompt_logprobs=1)).status_code == 200
+        assert fake.requests[-1]["prompt_logprobs"] == 1
 
 
 def test_auto_goes_to_general_until_a_classifier_exists(client: TestClient) -> None:

@@ -232,3 +232,29 @@ def test_item_rejects_overlong_prompt() -> None:
 def test_domain_counts_lists_every_split() -> None:
     item = DomainItem("s/1", "news", "s", "generation", "p", (), "a", "rouge_l", CALIB)
     assert corpus.domain_counts([item]) == {"news": {TRAIN: 0, CALIB: 1, TEST: 0}}
+
+
+# ------------------------------------------------------------------ evaluation-only items
+def test_evaluation_only_items_are_test_items_unless_they_repeat_a_training_prompt(
+    tmp_path: Path,
+) -> None:
+    training, fresh = tmp_path / "authored", tmp_path / "authored_eval"
+    write_jsonl(training / "legal.jsonl", [GOOD_MC])
+    second = {**GOOD_MC, "prompt": "Which court sits at the top of the federal judiciary?",
+              "choices": ["Supreme Court", "Tax Court"], "answer": "Supreme Court"}
+    write_jsonl(fresh / "legal.jsonl", [GOOD_MC, second])  # the first repeats a training prompt
+    items = [i for i in corpus.domain_items("legal", authored_dir=training,
+                                            eval_authored_dir=fresh)
+             if i.source.startswith("authored")]
+    first = corpus.authored_items(training)[0]
+    assert [(i.source, i.split) for i in items] == [
+        ("authored/legal", first.split), ("authored_eval/legal", TEST)]
+
+
+def test_shipped_evaluation_only_items_are_valid_and_never_repeat_another_split(
+    items: list[DomainItem],
+) -> None:
+    shipped = corpus.authored_items(corpus.EVAL_AUTHORED_DIR, split=TEST)
+    assert shipped and all(i.split == TEST for i in shipped)
+    kept = {i.id for i in items if i.source.startswith("authored_eval/")}
+    assert kept == {i.id for i in shipped}  # none was dropped as a repeat

@@ -7,10 +7,13 @@ import math
 import pytest
 
 from adapters.scoring import (
+    continuation_logprob,
     estimate,
     exact_match,
+    likelihood_method,
     match_option,
     paired_delta,
+    pick_option,
     rouge_l,
     score_text,
     token_f1,
@@ -35,6 +38,34 @@ def test_rouge_l_is_the_f_measure_of_the_longest_common_subsequence() -> None:
     assert rouge_l("the cat sat on the mat", ["the cat lay on the mat"]) == pytest.approx(5 / 6)
     assert rouge_l("entirely different words", ["the cat"]) == 0.0
     assert rouge_l("the cat", ["a dog", "the cat"]) == 1.0  # best reference
+
+
+def test_likelihood_picks_the_highest_sum_or_the_highest_per_character() -> None:
+    options = ["no", "a longer option"]
+    assert pick_option([-3.0, -6.0], options, "loglik") == 0
+    assert pick_option([-3.0, -6.0], options, "loglik_norm") == 1  # -1.5 vs -0.4 per character
+    assert pick_option([-1.0, -1.0], ["x", "y"], "loglik") == 0  # ties: the first
+    with pytest.raises(ValueError):
+        pick_option([-1.0], options, "loglik")
+    with pytest.raises(ValueError):
+        pick_option([-1.0, -2.0], options, "exact_match")
+
+
+def test_acc_norm_is_the_convention_only_for_the_sources_lm_eval_reports_it_for() -> None:
+    assert [likelihood_method(s) for s in ("arc_easy", "hellaswag", "piqa", "openbookqa")] == [
+        "loglik_norm"] * 4
+    assert likelihood_method("mmlu/anatomy") == likelihood_method("boolq") == "loglik"
+
+
+def test_continuation_logprob_sums_the_option_tokens_only() -> None:
+    ids = [5, 6, 7, 8]
+    logprobs = [None, {"6": {"logprob": -1.0}}, {"7": {"logprob": -0.5}, "1": {"logprob": -0.1}},
+                {"8": {"logprob": -0.25}}]
+    assert continuation_logprob(logprobs, ids, 2) == -0.75
+    with pytest.raises(ValueError, match="no log-probability"):
+        continuation_logprob([None, None, None, {"9": {"logprob": 0.0}}], ids, 3)
+    with pytest.raises(ValueError):
+        continuation_logprob(logprobs, ids, 4)  # an empty continuation
 
 
 def test_score_text_refuses_a_metric_that_is_not_about_text() -> None:

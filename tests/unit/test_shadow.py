@@ -244,7 +244,8 @@ def test_sampled_live_requests_are_answered_by_both_variants_and_stored(
         assert pair["domain"] == "legal"
         assert set(pair["variants"]) == {"SmolLM2-135M-Instruct", "law-v1"}  # type: ignore[arg-type]
         assert 0.0 <= pair["agreement"] <= 1.0  # type: ignore[operator]
-        sent = [r for r in fake.requests if r["messages"][0]["content"].startswith("legal 0.9")]
+        sent = [r for r in fake.requests  # (suite items are scored by /v1/completions)
+                if "messages" in r and r["messages"][0]["content"].startswith("legal 0.9")]
         assert len(sent) == 3  # the user's request, then one per variant
         assert all(r["max_tokens"] <= 128 for r in sent[1:])  # capped in the shadow budget
 

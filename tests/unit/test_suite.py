@@ -55,18 +55,49 @@ def fake_answering(answers: dict[str, str]) -> FakeVllm:
     return FakeVllm(answers=answers, loaded=set(answers))
 
 
-async def test_multiple_choice_is_scored_by_the_option_the_answer_names() -> None:
-    fake = fake_answering({"lora": "Beta gamma.", "base": "I would say alpha", "bad": "no idea"})
+async def test_multiple_choice_is_scored_by_the_likeliest_option_in_one_request() -> None:
+    fake = fake_answering({"lora": "beta gamma", "base": "alpha"})
     s = scorer(fake)
+    lora, base = [await s.score(MC, m) for m in ("lora", "base")]
+    assert (lora.score, lora.answer, base.score, base.answer) == (1.0, "beta gamma", 0.0, "alpha")
+    assert lora.method == "loglik" and lora.option_logprobs is not None
+    # The context is the chat-templated prompt; each option's own characters are scored.
+    assert lora.option_logprobs == (round(-2.0 * 5, 4), round(-0.1 * 10, 4))
+    # The first option alone, then the rest, which may read the context from the prefix cache.
+    first, rest = fake.requests[:2]
+    assert first["prompt_logprobs"] == rest["prompt_logprobs"] == 0
+    assert [len(first["prompt"]), len(rest["prompt"])] == [1, 1]  # type: ignore[arg-type]
+    context = len(first["prompt"][0]) - len("alpha")  # type: ignore[index]
+    assert rest["vllm_xargs"] == {"slm_cacheable_prefix": context}
+
+
+async def test_length_normalised_likelihood_where_lm_eval_reports_acc_norm() -> None:
+    arc = DomainItem(id="t/3", domain="open_domain", source="arc_easy", task="multiple_choice",
+                     prompt="Pick.\nOptions: a | bbbbbbbbbb\nAnswer with one of the options.",
+                     choices=("a", "bbbbbbbbbb"), answer="bbbbbbbbbb", metric="accuracy",
+                     split=TEST)
+    # Neither option is the model's reply: -2 per character. By sum the short one wins; per
+    # character they tie and the first wins; the convention for ARC is acc_norm.
+    result = await scorer(fake_answering({"m": "none"})).score(arc, "m")
+    assert result.method == "loglik_norm" and result.answer == "a"
+    plain = await scorer(fake_answering({"m": "none"})).score(MC, "m")
+    assert plain.method == "loglik" and plain.answer == "alpha"
+
+
+async def test_multiple_choice_by_generation_matches_the_answer_to_an_option() -> None:
+    fake = fake_answering({"lora": "Beta gamma.", "base": "I would say alpha", "bad": "no idea"})
+    s = VllmScorer(httpx.AsyncClient(transport=fake.transport(), base_url="http://vllm"),
+                   multiple_choice="generate")
     lora, base, bad = [await s.score(MC, m) for m in ("lora", "base", "bad")]
     assert (lora.score, base.score, bad.score) == (1.0, 0.0, 0.0)
+    assert lora.method == "generated_match"
     assert fake.requests[0]["max_tokens"] == 24 and fake.requests[0]["temperature"] == 0
 
 
 async def test_short_answers_are_matched_on_their_first_line() -> None:
     fake = fake_answering({"base": "Paris.\nIt is in France.", "other": "Lyon"})
     result = await scorer(fake).score(SHORT, "base")
-    assert (result.score, result.f1) == (1.0, 1.0)
+    assert (result.score, result.f1, result.method) == (1.0, 1.0, "exact_match")
     assert (await scorer(fake).score(SHORT, "other")).score == 0.0
 
 
@@ -90,7 +121,7 @@ async def test_score_all_keeps_job_order_and_reports_progress() -> None:
 
 def score(item: str, model: str, value: float, domain: str = "legal") -> ItemScore:
     return ItemScore(item_id=item, domain=domain, model=model, metric="accuracy", score=value,
-                     answer="")
+                     answer="", method="loglik")
 
 
 def test_summary_pairs_specialized_and_general_on_the_same_items() -> None:
@@ -101,6 +132,7 @@ def test_summary_pairs_specialized_and_general_on_the_same_items() -> None:
     legal = summary["domains"]["legal"]
     assert (legal["n"], legal["general"]["mean"], legal["specialized"]["mean"]) == (10, 0.5, 1.0)
     assert legal["delta"]["mean"] == 0.5 and legal["delta"]["low"] > 0
+    assert legal["methods"] == {"loglik": 10}
     assert summary["adapters_better"] == 1 and "delta" not in summary["domains"]["news"]
     table = format_table(summary)
     assert "| legal | 10 | 0.500 [" in table and "(no adapter)" in table
@@ -126,3 +158,10 @@ async def test_a_call_is_abandoned_as_soon_as_preempt_fires() -> None:
     with pytest.raises(Preempted):
         await asyncio.wait_for(task, 2.0)
     assert cancelled.is_set()  # the upstream call itself was cancelled, not left running
+
+
+def test_the_default_suite_has_at_least_60_items_in_every_domain_and_100_where_it_can() -> None:
+    counts = Counter(i.domain for i in suite_items())
+    available = Counter(i.domain for i in domain_items(split=TEST))
+    assert min(counts.values()) >= 60
+    assert all(counts[d] == min(100, available[d]) for d in counts)

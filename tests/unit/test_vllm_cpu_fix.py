@@ -154,3 +154,9 @@ def test_uniform_index_names_the_shared_slot_or_none_for_mixed_steps() -> None:
     assert uniform_index(torch.tensor([-1, -1])) == -1  # base requests only: LoRA skipped
     assert uniform_index(torch.tensor([0, -1, 0])) is None  # mixed: vLLM's path
     assert uniform_index(torch.tensor([], dtype=torch.long)) == -1
+
+
+def test_the_scorer_and_the_plugin_agree_on_the_cacheable_prefix_argument() -> None:
+    from adapters import suite, vllm_cpu_fix
+
+    assert suite.CACHEABLE_PREFIX_ARG == vllm_cpu_fix.CACHEABLE_PREFIX_ARG
