@@ -70,7 +70,7 @@ CONFIGS = [
     Config("AVX2: LoRA fast path off", force_isa="avx2", lora_fast_path=False),
     Config("AVX2: bfloat16", force_isa="avx2", dtype="bfloat16"),
     Config("AVX2: no preload", force_isa="avx2", preload=False),
-    Config("AVX2: bf16 base, vLLM defaults (before)", force_isa="avx2", preload=False,
+    Config("AVX2: bf16 checkpoint, no preload or binding", force_isa="avx2", preload=False,
            bind_all_cores=False, quantization="none"),
 ]
 
