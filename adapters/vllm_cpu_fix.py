@@ -384,7 +384,9 @@ def lora_linear_one_adapter(y: Any, x: Any, lora_a_stacked: Any, lora_b_stacked:
         b = b_stacked[slot].reshape(-1, b_stacked.shape[-1])  # [out, rank]
         shrunk = torch.mm(x2, a.t().float()).mul_(scale).to(y2.dtype)
         width = min(size, b.shape[0])
-        y2[:, offset:offset + width].addmm_(shrunk, b[:width].t().to(y2.dtype))
+        # Product, then a separate add, as vLLM's expand does: in bf16 a fused addmm rounds
+        # differently, and a request's numbers must not depend on who shares its batch.
+        y2[:, offset:offset + width] += torch.mm(shrunk, b[:width].t().to(y2.dtype))
         offset += size
 
 
