@@ -15,6 +15,7 @@ the replica come back and reloads the active adapters (``Gateway.on_replica_up``
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import signal
@@ -59,19 +60,20 @@ class EnginePlan:
                 "omp_threads_bind": self.choice.omp_threads_bind}
 
 
-_probed: dict[str | None, EngineCapabilities] = {}
+@functools.cache
+def _capabilities(forced: str | None) -> EngineCapabilities:
+    # Once per process and ISA: the probe starts a child that imports vLLM (5-10 s).
+    logger.info("probing what vLLM-CPU can run on this CPU%s...",
+                f" (forced {forced})" if forced else "")
+    return probe(force_isa=forced)
 
 
 def plan_engine(settings: EngineSettings) -> EnginePlan:
-    """Probe vLLM-CPU's kernels on this machine (once per process and ISA) and choose."""
-    forced = settings.force_isa
-    if forced not in _probed:
-        logger.info("probing what vLLM-CPU can run on this CPU%s...",
-                    f" (forced {forced})" if forced else "")
-        _probed[forced] = probe(force_isa=forced)
-    choice = choose(_probed[forced], quantization=settings.quantization, dtype=settings.dtype,
+    """Probe vLLM-CPU's kernels on this machine and choose its configuration."""
+    caps = _capabilities(settings.force_isa)
+    choice = choose(caps, quantization=settings.quantization, dtype=settings.dtype,
                     preload=settings.preload, bind_all_cores=settings.bind_all_cores)
-    return EnginePlan(_probed[forced], choice)
+    return EnginePlan(caps, choice)
 
 
 def vllm_command(settings: EngineSettings, model_path: Path, served_name: str,

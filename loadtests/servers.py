@@ -52,6 +52,18 @@ def gateway_env(port: int, upstream: str, **settings: str) -> dict[str, str]:
     return env
 
 
+def stop(proc: subprocess.Popen[bytes], timeout: float) -> None:
+    """SIGTERM, then SIGKILL if it is still there after ``timeout`` seconds; reaped either way."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 @contextmanager
 def process(args: list[str], ready_url: str, env: dict[str, str] | None = None,
             timeout: float = 30, log: Path | None = None
@@ -64,12 +76,7 @@ def process(args: list[str], ready_url: str, env: dict[str, str] | None = None,
         wait_ready(ready_url, timeout, proc)
         yield proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc, timeout=30)
         if log is not None:
             out.close()  # type: ignore[union-attr]
 
@@ -101,13 +108,7 @@ def redis_server() -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
             time.sleep(0.05)
         yield f"redis://127.0.0.1:{port}/0", proc
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop(proc, timeout=10)
 
 
 # --------------------------------------------------------------- other proxies, for comparison
