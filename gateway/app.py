@@ -16,9 +16,9 @@ from fastapi import FastAPI
 from httpx_aiohttp import AiohttpTransport
 
 from adapters.corpus import DomainItem
+from adapters.evaluation.suite import suite_items
 from adapters.lifecycle import AdapterManager
 from adapters.registry import Registry, load_manifest
-from adapters.suite import suite_items
 from gateway.api import admin, console, health, openai
 from gateway.api.guard import Guard
 from gateway.classify import ClassifierService

@@ -369,9 +369,9 @@ def cmd_suite_run(args: argparse.Namespace) -> int:
     import time
 
     from adapters.base_model import prepare_base
+    from adapters.evaluation.report import format_table, plot, save, summarise
+    from adapters.evaluation.suite import run_suite, suite_items
     from adapters.registry import AdapterStatus, load_manifest
-    from adapters.suite import run_suite, suite_items
-    from adapters.suite_report import format_table, plot, save, summarise
     from gateway.engine import EmbeddedEngine, EngineStartError, plan_engine
 
     settings = load_settings(args.config)
@@ -383,7 +383,7 @@ def cmd_suite_run(args: argparse.Namespace) -> int:
         return 2
     wanted = {item.domain for item in items}
     if args.slm_bench:  # SLM-Bench's own data sets from the hub where it has them (network)
-        from adapters.slm_bench import SOURCES, load_items
+        from adapters.evaluation.slm_bench import SOURCES, load_items
 
         hub = sorted(wanted & set(SOURCES))
         logger.info("suite: SLM-Bench hub data for %s", ", ".join(hub))
@@ -680,7 +680,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--domains", type=lambda s: [d for d in s.split(",") if d], default=None,
                    help="comma-separated domain ids (default: all)")
     p.add_argument("--limit", type=int, default=100,
-                   help="items per domain (adapters.suite.DEFAULT_PER_DOMAIN)")
+                   help="items per domain (adapters.evaluation.suite.DEFAULT_PER_DOMAIN)")
     p.add_argument("--url", default=None,
                    help="an existing vLLM server (default: start one with the 4-bit base)")
     p.add_argument("--concurrency", type=int, default=4)

@@ -1,6 +1,6 @@
 """The shadow evaluator: keeps scoring each domain's adapter against the general model.
 
-A background task of the gateway. It takes the suite items (:mod:`adapters.suite`, the test
+A background task of the gateway. It takes the suite items (:mod:`adapters.evaluation`, the test
 split: never trained on) one domain after the other, answers each with the general model, the
 domain's active adapter and any shadow versions, scores the answers, and feeds the paired deltas
 to anytime-valid confidence sequences per adapter version (:class:`Evidence`). After every item
@@ -47,9 +47,10 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import numpy as np
 
+from adapters.evaluation.scoring import rouge_l
+from adapters.evaluation.statistics import Estimate, estimate
+from adapters.evaluation.suite import ItemScore, Preempted, VllmScorer
 from adapters.registry import AdapterEntry, AdapterStatus
-from adapters.scoring import Estimate, estimate, rouge_l
-from adapters.suite import ItemScore, Preempted, VllmScorer
 from gateway.fleet import AdapterFleet
 from gateway.gates import GATE, GateState
 from gateway.metrics import NONE, Metrics

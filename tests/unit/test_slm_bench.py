@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from adapters.corpus import TEST
-from adapters.slm_bench import SOURCES, load_items
+from adapters.evaluation.slm_bench import SOURCES, load_items
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "slm_bench"
 

@@ -10,7 +10,8 @@ import httpx
 import pytest
 
 from adapters.corpus import TEST, TRAIN, DomainItem, domain_items
-from adapters.suite import (
+from adapters.evaluation.report import format_table, summarise
+from adapters.evaluation.suite import (
     ItemScore,
     Preempted,
     SuiteError,
@@ -18,7 +19,6 @@ from adapters.suite import (
     score_all,
     suite_items,
 )
-from adapters.suite_report import format_table, summarise
 from tests.unit.fakes import FakeVllm
 
 MC = DomainItem(id="t/1", domain="legal", source="t", task="multiple_choice",

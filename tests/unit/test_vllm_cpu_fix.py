@@ -157,6 +157,7 @@ def test_uniform_index_names_the_shared_slot_or_none_for_mixed_steps() -> None:
 
 
 def test_the_scorer_and_the_plugin_agree_on_the_cacheable_prefix_argument() -> None:
-    from adapters import suite, vllm_cpu_fix
+    from adapters import vllm_cpu_fix
+    from adapters.evaluation import suite
 
     assert suite.CACHEABLE_PREFIX_ARG == vllm_cpu_fix.CACHEABLE_PREFIX_ARG

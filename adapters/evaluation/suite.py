@@ -6,10 +6,10 @@ contributes its first ``per_domain`` items in a fixed order that takes every sou
 a small ``--limit`` still covers all of a domain's sources.
 
 Scoring talks to vLLM's OpenAI server (an adapter is just a ``model`` name there), as
-:mod:`adapters.scoring` describes: multiple choice by option log-likelihood (vLLM tokenizes the
-conversation with the served chat template and returns ``prompt_logprobs`` for the context
-followed by each option, all options in one request), short answers and generations by a greedy
-answer.
+:mod:`adapters.evaluation.scoring` describes: multiple choice by option log-likelihood (vLLM
+tokenizes the conversation with the served chat template and returns ``prompt_logprobs`` for the
+context followed by each option, all options in one request), short answers and generations by
+a greedy answer.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from typing import Any
 import httpx
 
 from adapters.corpus import MULTIPLE_CHOICE, TEST, DomainItem, domain_items
-from adapters.scoring import (
+from adapters.evaluation.scoring import (
     GENERATED_MATCH,
     continuation_logprob,
     likelihood_method,

@@ -1,7 +1,7 @@
-"""Scoring answers of the evaluation suite, and summarising paired scores. Pure functions.
+"""Scoring answers of the evaluation suite. Pure functions (summaries: :mod:`.statistics`).
 
-Each suite item has one metric (:data:`adapters.corpus.METRIC_FOR_TASK`) and is scored by one
-method, named in every score row (``method``):
+Each suite item has one metric (:data:`adapters.evaluation.items.METRIC_FOR_TASK`) and is
+scored by one method, named in every score row (``method``):
 
 * ``accuracy`` (multiple choice), by option log-likelihood as lm-eval-harness does it: the
   conversation up to the assistant turn is the context, each option's text the continuation,
@@ -21,13 +21,10 @@ Token F1 is kept alongside exact match for short answers, as partial credit in t
 
 from __future__ import annotations
 
-import functools
-import math
 import re
 import string
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
@@ -149,64 +146,3 @@ def score_text(metric: str, prediction: str, references: Sequence[str]) -> float
     if metric == ROUGE_L:
         return rouge_l(prediction, references)
     raise ValueError(f"{metric!r} does not score generated text")
-
-
-@dataclass(frozen=True)
-class Estimate:
-    """A mean with a two-sided interval: a Student-t confidence interval from :func:`estimate`
-    (one analysis at a fixed n, as `suite run` does), or the bounds of the quality gate's
-    anytime-valid confidence sequence (:mod:`router.sequence`) in the shadow evaluator's reports."""
-
-    n: int
-    mean: float
-    low: float
-    high: float
-
-    def as_dict(self) -> dict[str, float | int | None]:
-        """For JSON (which has no NaN or infinities: those become None), rounded to 4 places."""
-        def finite(x: float) -> float | None:
-            return round(x, 4) if math.isfinite(x) else None
-
-        return {"n": self.n, "mean": finite(self.mean), "low": finite(self.low),
-                "high": finite(self.high)}
-
-    @property
-    def below_zero(self) -> bool:
-        return self.high < 0
-
-    @property
-    def above_zero(self) -> bool:
-        return self.low > 0
-
-
-def estimate(values: Sequence[float], confidence: float = 0.95) -> Estimate:
-    """Mean and t-interval. Per-item scores are bounded, so with the sample sizes used here
-    (tens of items and more) the t-interval is a fair approximation; n < 2 has no interval."""
-    n = len(values)
-    if n == 0:
-        return Estimate(0, math.nan, -math.inf, math.inf)
-    mean = sum(values) / n
-    if n == 1:
-        return Estimate(1, mean, -math.inf, math.inf)
-    variance = sum((v - mean) ** 2 for v in values) / (n - 1)
-    half = _t_quantile((1 + confidence) / 2, n - 1) * math.sqrt(variance / n)
-    return Estimate(n, mean, mean - half, mean + half)
-
-
-@functools.lru_cache(maxsize=4096)
-def _t_quantile(p: float, df: int) -> float:
-    # scipy's t.ppf costs ~0.1 ms a call; the evidence report (admin API, console) asks for the
-    # same few (confidence, window size) pairs every time, on the event loop.
-    from scipy.stats import t
-
-    return float(t.ppf(p, df))
-
-
-def paired_delta(
-    specialized: Sequence[float], general: Sequence[float], confidence: float = 0.95
-) -> Estimate:
-    """Specialized minus general on the same items: pairing removes item difficulty from the
-    noise, so far fewer items show a real difference than two independent means would."""
-    if len(specialized) != len(general):
-        raise ValueError("paired scores need the same items on both sides")
-    return estimate([s - g for s, g in zip(specialized, general, strict=True)], confidence)

@@ -8,8 +8,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from adapters.scoring import estimate, paired_delta
-from adapters.suite import ItemScore
+from adapters.evaluation.statistics import estimate, paired_delta
+from adapters.evaluation.suite import ItemScore
 
 
 def summarise(
