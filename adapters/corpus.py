@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from adapters.evaluation.items import METRIC_FOR_TASK, MULTIPLE_CHOICE, SHORT_ANSWER
 from router.data import (
     BENCHMARKS,
     CALIB,
@@ -65,9 +66,6 @@ AUTHORED_DIR = Path(__file__).parent / "data" / "authored"
 EVAL_AUTHORED_DIR = Path(__file__).parent / "data" / "authored_eval"
 
 SPLITS = (TRAIN, CALIB, TEST)
-MULTIPLE_CHOICE, SHORT_ANSWER, GENERATION = "multiple_choice", "short_answer", "generation"
-# Each task has exactly one metric, so an evaluation never has to guess how to score an item.
-METRIC_FOR_TASK = {MULTIPLE_CHOICE: "accuracy", SHORT_ANSWER: "exact_match", GENERATION: "rouge_l"}
 
 MAX_PROMPT_CHARS = 1500  # keeps a training example well inside a short context window
 PASSAGE_CHARS = 600  # reading passages (BoolQ) are cut here; questions are never cut

@@ -15,8 +15,7 @@ import httpx
 from fastapi import FastAPI
 from httpx_aiohttp import AiohttpTransport
 
-from adapters.corpus import DomainItem
-from adapters.evaluation.suite import suite_items
+from adapters.evaluation.items import SuiteItem, load_suite
 from adapters.lifecycle import AdapterManager
 from adapters.registry import Registry, load_manifest
 from gateway.api import admin, console, health, openai
@@ -67,7 +66,7 @@ def create_app(
     classifier: BatchClassifier | None = None,
     classifier_executor: Executor | None = None,
     metrics: Metrics | None = None,
-    shadow_items: Sequence[DomainItem] | None = None,
+    shadow_items: Sequence[SuiteItem] | None = None,
     engine: EngineSupervisor | None = None,
     state: StateBackend | None = None,
 ) -> FastAPI:
@@ -76,7 +75,7 @@ def create_app(
     ``classifier`` serves `auto` (None: `auto` goes to the general model); with
     ``classifier_executor`` (a process pool initialised by ``router.worker.init``) batches are
     classified in that process and only the cache lives here. ``shadow_items``: the shadow
-    evaluator's items (default: the evaluation suite, loaded in a thread at start).
+    evaluator's items (default: the evaluation suite's file, read in a thread at start).
     ``engine``: the embedded vLLM's supervisor (`slm-gateway run`), run as a lifespan task
     when ``settings.engine.supervise``; its configuration shows in /readyz and metrics.
     ``state``: the state backend (default: as ``settings.state`` says); tests share one
@@ -162,7 +161,7 @@ def create_app(
                     user_load=lambda: sum(r.outstanding for r in pool.replicas),
                     state=backend, holder=holder,
                     evidence_interval_s=settings.state.evidence_interval_s,
-                    items=shadow_items, load_items=lambda n: suite_items(per_domain=n))
+                    items=shadow_items, load_items=lambda n: load_suite(per_domain=n))
                 gateway.shadow = shadow
                 gateway.leadership = Leadership(backend, SHADOW_ROLE, holder,
                                                 settings.state.lease_ttl_s, metrics)

@@ -369,8 +369,9 @@ def cmd_suite_run(args: argparse.Namespace) -> int:
     import time
 
     from adapters.base_model import prepare_base
+    from adapters.evaluation.render import suite_items
     from adapters.evaluation.report import format_table, plot, save, summarise
-    from adapters.evaluation.suite import run_suite, suite_items
+    from adapters.evaluation.suite import run_suite
     from adapters.registry import AdapterStatus, load_manifest
     from gateway.engine import EmbeddedEngine, EngineStartError, plan_engine
 
@@ -565,6 +566,8 @@ def cmd_gate_replay(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from adapters.evaluation.items import SUITE_PER_DOMAIN  # the standard library only
+
     parser = argparse.ArgumentParser(prog="slm-gateway", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -679,8 +682,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, default=None, help="YAML settings file")
     p.add_argument("--domains", type=lambda s: [d for d in s.split(",") if d], default=None,
                    help="comma-separated domain ids (default: all)")
-    p.add_argument("--limit", type=int, default=100,
-                   help="items per domain (adapters.evaluation.suite.DEFAULT_PER_DOMAIN)")
+    p.add_argument("--limit", type=int, default=SUITE_PER_DOMAIN,
+                   help=f"items per domain (default {SUITE_PER_DOMAIN})")
     p.add_argument("--url", default=None,
                    help="an existing vLLM server (default: start one with the 4-bit base)")
     p.add_argument("--concurrency", type=int, default=4)

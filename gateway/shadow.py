@@ -48,7 +48,7 @@ import httpx
 import numpy as np
 
 from adapters.evaluation.scoring import rouge_l
-from adapters.evaluation.statistics import Estimate, estimate
+from adapters.evaluation.statistics import Estimate, finite, mean
 from adapters.evaluation.suite import ItemScore, Preempted, VllmScorer
 from adapters.registry import AdapterEntry, AdapterStatus
 from gateway.fleet import AdapterFleet
@@ -61,7 +61,7 @@ from router.gate import GateState as Verdict
 from router.sequence import BettingSequence
 
 if TYPE_CHECKING:
-    from adapters.corpus import DomainItem
+    from adapters.evaluation.items import SuiteItem
     from gateway.protocol import ChatCompletionRequest
 
 logger = logging.getLogger(__name__)
@@ -315,8 +315,8 @@ class ShadowEvaluator:
         state: StateBackend,
         holder: str = "local",
         evidence_interval_s: float = 5.0,
-        items: Sequence[DomainItem] | None = None,
-        load_items: Callable[[int], Sequence[DomainItem]] | None = None,
+        items: Sequence[SuiteItem] | None = None,
+        load_items: Callable[[int], Sequence[SuiteItem]] | None = None,
         rng: random.Random | None = None,
     ) -> None:
         self.fleet = fleet
@@ -415,7 +415,7 @@ class ShadowEvaluator:
                                "%s: %s", failures, delay, type(exc).__name__, exc)
                 await asyncio.sleep(delay)
 
-    def _suite_items(self) -> list[DomainItem]:
+    def _suite_items(self) -> list[SuiteItem]:
         if self._load_items is None:
             return []
         try:
@@ -428,7 +428,7 @@ class ShadowEvaluator:
         name = self.fleet.table.active.get(domain)
         return self.fleet.registry.get(name) if name else None
 
-    def _next_item(self) -> DomainItem | None:
+    def _next_item(self) -> SuiteItem | None:
         """Round-robin over domains with an active adapter; within a domain, an item drawn
         uniformly at random (with replacement). Answers are greedy, so an item scores the same
         each time: random draws make each delta an independent draw from the domain's suite,
@@ -480,7 +480,7 @@ class ShadowEvaluator:
                 self.metrics.shadow_calls.inc()
                 self.metrics.shadow_calls_in_flight.set(self.budget.in_flight - 1)
 
-    async def evaluate_item(self, item: DomainItem) -> dict[str, Any] | None:
+    async def evaluate_item(self, item: SuiteItem) -> dict[str, Any] | None:
         active = self._active(item.domain)
         if active is None:
             return None
@@ -561,8 +561,8 @@ class ShadowEvaluator:
                 "verdict": gate.state.value,
                 "samples": gate.n,
                 "gate_changes": gate.changes,
-                "score_adapter": estimate(special).as_dict()["mean"],
-                "score_general": estimate(general).as_dict()["mean"],
+                "score_adapter": finite(mean(special)),
+                "score_general": finite(mean(general)),
                 "delta": bounds_dict(gate.evidence()),
                 "recovery": bounds_dict(recovery) if recovery is not None else None,
                 "shadow": {
@@ -583,13 +583,13 @@ class ShadowEvaluator:
         for entry in (active, *shadows):
             special, _ = self.evidence.scores(entry)
             delta = self.evidence.gate(entry).evidence()
-            m.shadow_score.labels(domain, entry.name).set(estimate(special).mean)
+            m.shadow_score.labels(domain, entry.name).set(mean(special))
             m.shadow_delta.labels(domain, entry.name).set(delta.mean)
             m.shadow_delta_low.labels(domain, entry.name).set(delta.low)
             m.shadow_delta_high.labels(domain, entry.name).set(delta.high)
             m.shadow_evidence.labels(domain, entry.name).set(delta.n)
         _, general = self.evidence.scores(active)
-        m.shadow_score.labels(domain, GENERAL).set(estimate(general).mean)
+        m.shadow_score.labels(domain, GENERAL).set(mean(general))
 
     def apply_gate(self) -> frozenset[str]:
         """Hand routing the adapter versions whose gate is closed (none with ``gate: false``);

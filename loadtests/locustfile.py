@@ -50,7 +50,7 @@ def _arguments(parser: Any) -> None:
 def prompt_pools() -> dict[str, list[str]]:
     """Prompts per domain: suite items (test split) and held-out realistic router requests;
     realistic requests outside every domain go to ``out_of_taxonomy``."""
-    from adapters.evaluation.suite import suite_items
+    from adapters.evaluation.render import suite_items
     from router.data import REALISTIC, authored_examples
 
     pools: dict[str, list[str]] = defaultdict(list)

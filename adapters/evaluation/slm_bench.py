@@ -6,11 +6,12 @@ itself uses for the domains that have no offline copy:
 
     slm-gateway suite run --slm-bench --limit 40
 
-Each source names the hub data set, its config and split, and renders a row into a
-:class:`~adapters.corpus.DomainItem` in the suite's formats (multiple-choice prompts end with the
-options line and the instruction, like every other suite item). ``load_items(..., data_files=)``
-reads local JSON-lines files with the same columns instead of the hub: that is how the tests
-run these renderers without network, on a small fixture.
+Each source names the hub data set, its config and split, and renders a row into a suite item
+(validated as an :class:`adapters.corpus.DomainItem` of the test split, then a
+:class:`~adapters.evaluation.items.SuiteItem`) in the suite's formats (multiple-choice prompts
+end with the options line and the instruction, like every other suite item).
+``load_items(..., data_files=)`` reads local JSON-lines files with the same columns instead of
+the hub: that is how the tests run these renderers without network, on a small fixture.
 """
 
 from __future__ import annotations
@@ -21,15 +22,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from adapters.corpus import (
+from adapters.corpus import TEST, DomainItem, mc_prompt
+from adapters.evaluation.items import (
     GENERATION,
     METRIC_FOR_TASK,
     MULTIPLE_CHOICE,
     SHORT_ANSWER,
-    TEST,
-    DomainItem,
-    mc_prompt,
+    SuiteItem,
 )
+from adapters.evaluation.render import suite_item
 
 Row = dict[str, Any]
 
@@ -112,7 +113,7 @@ SOURCES: dict[str, HubSource] = {s.domain: s for s in (
 )}
 
 
-def load_items(domain: str, limit: int, *, data_files: Path | None = None) -> list[DomainItem]:
+def load_items(domain: str, limit: int, *, data_files: Path | None = None) -> list[SuiteItem]:
     """Up to ``limit`` suite items of ``domain`` from its SLM-Bench data set (the hub, or
     ``data_files``: a local JSON-lines file with the same columns)."""
     import datasets
@@ -127,7 +128,7 @@ def load_items(domain: str, limit: int, *, data_files: Path | None = None) -> li
     names: Sequence[str] = ()
     if source.label_column is not None:
         names = getattr(rows.features.get(source.label_column), "names", None) or ()
-    items: list[DomainItem] = []
+    items: list[SuiteItem] = []
     for row in rows:
         if len(items) >= limit:
             break
@@ -137,12 +138,12 @@ def load_items(domain: str, limit: int, *, data_files: Path | None = None) -> li
         task, prompt, choices, answer = rendered
         digest = hashlib.blake2b(prompt.encode(), digest_size=5).hexdigest()
         try:
-            items.append(DomainItem(
+            items.append(suite_item(DomainItem(
                 id=f"slm-bench/{source.path}/{digest}", domain=domain,
                 source=f"slm-bench/{source.path}", task=task, prompt=prompt, choices=choices,
                 answer=answer, metric=METRIC_FOR_TASK[task], split=TEST,
                 references=(answer,) if task == SHORT_ANSWER else (),
-            ))
+            )))
         except ValueError:
             continue  # e.g. longer than the suite's prompt limit: skipped, not cut
     return items

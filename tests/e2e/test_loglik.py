@@ -26,7 +26,8 @@ import httpx
 import pytest
 
 from adapters.base_model import BASE_NAME, load_causal_lm
-from adapters.evaluation.suite import VllmScorer, suite_items
+from adapters.evaluation.render import suite_items
+from adapters.evaluation.suite import VllmScorer
 from gateway.engine import EmbeddedEngine, plan_engine
 from gateway.settings import EngineSettings
 from loadtests.servers import free_port

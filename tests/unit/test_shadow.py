@@ -13,7 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
-from adapters.corpus import TEST, DomainItem
+from adapters.evaluation.items import SuiteItem
 from adapters.registry import AdapterEntry, AdapterStatus
 from gateway.app import create_app
 from gateway.metrics import Metrics
@@ -25,10 +25,10 @@ from tests.unit.fakes import FakeVllm, ScriptedClassifier
 ADMIN = {"authorization": "Bearer admin-secret"}
 
 
-def mc_item(i: int, domain: str = "legal") -> DomainItem:
-    return DomainItem(id=f"t/{i}", domain=domain, source="t", task="multiple_choice",
-                      prompt=f"Question {i}?\nOptions: right | wrong\nAnswer with one.",
-                      choices=("right", "wrong"), answer="right", metric="accuracy", split=TEST)
+def mc_item(i: int, domain: str = "legal") -> SuiteItem:
+    return SuiteItem(id=f"t/{i}", domain=domain, source="t", task="multiple_choice",
+                     prompt=f"Question {i}?\nOptions: right | wrong\nAnswer with one.",
+                     choices=("right", "wrong"), answer="right", metric="accuracy")
 
 
 async def test_budget_never_exceeds_its_concurrency_or_its_rate() -> None:

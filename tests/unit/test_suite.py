@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import httpx
 import pytest
 
-from adapters.corpus import TEST, TRAIN, DomainItem, domain_items
+from adapters.corpus import TEST, TRAIN, domain_items
+from adapters.evaluation.items import SuiteItem, load_suite
+from adapters.evaluation.render import suite_items
 from adapters.evaluation.report import format_table, summarise
 from adapters.evaluation.suite import (
     ItemScore,
@@ -17,26 +21,34 @@ from adapters.evaluation.suite import (
     SuiteError,
     VllmScorer,
     score_all,
-    suite_items,
 )
 from tests.unit.fakes import FakeVllm
 
-MC = DomainItem(id="t/1", domain="legal", source="t", task="multiple_choice",
-                prompt="Pick one.\nOptions: alpha | beta gamma\nAnswer with one of the options.",
-                choices=("alpha", "beta gamma"), answer="beta gamma", metric="accuracy",
-                split=TEST)
-SHORT = DomainItem(id="t/2", domain="legal", source="t", task="short_answer",
-                   prompt="Capital of France?", choices=(), answer="Paris", metric="exact_match",
-                   split=TEST, references=("Paris",))
+MC = SuiteItem(id="t/1", domain="legal", source="t", task="multiple_choice",
+               prompt="Pick one.\nOptions: alpha | beta gamma\nAnswer with one of the options.",
+               choices=("alpha", "beta gamma"), answer="beta gamma", metric="accuracy")
+SHORT = SuiteItem(id="t/2", domain="legal", source="t", task="short_answer",
+                  prompt="Capital of France?", choices=(), answer="Paris", metric="exact_match",
+                  references=("Paris",))
+LONG = SuiteItem(id="t/4", domain="news", source="t", task="generation",
+                 prompt="Summarise the report.", choices=(), metric="rouge_l",
+                 answer="the council approved the budget on monday after a long debate")
 
 
 def scorer(fake: FakeVllm) -> VllmScorer:
     return VllmScorer(httpx.AsyncClient(transport=fake.transport(), base_url="http://vllm"))
 
 
+def test_the_gateway_gets_the_same_suite_from_a_child_process() -> None:
+    """The gateway never imports the corpus (tests/unit/test_import_boundaries.py): it takes
+    the suite from a child process, which must hand back exactly what the corpus renders."""
+    items = load_suite(["legal", "news"], per_domain=7)
+    assert len(items) == 14 and items == suite_items(["legal", "news"], per_domain=7)
+
+
 def test_suite_items_come_from_the_test_split_only_and_never_from_training_prompts() -> None:
     items = suite_items(per_domain=1000)
-    assert {i.split for i in items} == {TEST}
+    assert {i.id for i in items} <= {i.id for i in domain_items(split=TEST)}
     training = {(i.domain, i.prompt) for i in domain_items(split=TRAIN)}
     assert not [i.id for i in items if (i.domain, i.prompt) in training]
     assert len(Counter(i.domain for i in items)) == 14
@@ -72,10 +84,9 @@ async def test_multiple_choice_is_scored_by_the_likeliest_option_in_one_request(
 
 
 async def test_length_normalised_likelihood_where_lm_eval_reports_acc_norm() -> None:
-    arc = DomainItem(id="t/3", domain="open_domain", source="arc_easy", task="multiple_choice",
-                     prompt="Pick.\nOptions: a | bbbbbbbbbb\nAnswer with one of the options.",
-                     choices=("a", "bbbbbbbbbb"), answer="bbbbbbbbbb", metric="accuracy",
-                     split=TEST)
+    arc = SuiteItem(id="t/3", domain="open_domain", source="arc_easy", task="multiple_choice",
+                    prompt="Pick.\nOptions: a | bbbbbbbbbb\nAnswer with one of the options.",
+                    choices=("a", "bbbbbbbbbb"), answer="bbbbbbbbbb", metric="accuracy")
     # Neither option is the model's reply: -2 per character. By sum the short one wins; per
     # character they tie and the first wins; the convention for ARC is acc_norm.
     result = await scorer(fake_answering({"m": "none"})).score(arc, "m")
@@ -165,3 +176,30 @@ def test_the_default_suite_has_at_least_60_items_in_every_domain_and_100_where_i
     available = Counter(i.domain for i in domain_items(split=TEST))
     assert min(counts.values()) >= 60
     assert all(counts[d] == min(100, available[d]) for d in counts)
+
+
+class CountingExecutor(ThreadPoolExecutor):
+    """The event loop's default executor (where ``asyncio.to_thread`` runs work), counting."""
+
+    def __init__(self) -> None:
+        super().__init__(max_workers=1)
+        self.submitted = 0
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+        self.submitted += 1
+        return super().submit(fn, *args, **kwargs)
+
+
+async def test_generated_answers_are_scored_in_a_worker_thread_not_on_the_event_loop() -> None:
+    """ROUGE-L of a long answer takes milliseconds of CPU; the shadow evaluator scores on the
+    gateway's event loop, so answer scoring goes to a thread (likelihood scoring needs none)."""
+    executor = CountingExecutor()
+    asyncio.get_running_loop().set_default_executor(executor)
+    fake = fake_answering({"m": "the council approved the budget on monday", "x": "Paris"})
+    result = await scorer(fake).score(LONG, "m")
+    assert result.method == "rouge_l" and 0.5 < result.score < 1.0
+    assert executor.submitted == 1
+    assert (await scorer(fake).score(SHORT, "x")).score == 1.0
+    assert executor.submitted == 2
+    await scorer(fake).score(MC, "m")  # option likelihoods: arithmetic only, on the loop
+    assert executor.submitted == 2
