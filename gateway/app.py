@@ -75,7 +75,7 @@ def create_app(
     ``classifier`` serves `auto` (None: `auto` goes to the general model); with
     ``classifier_executor`` (a process pool initialised by ``router.worker.init``) batches are
     classified in that process and only the cache lives here. ``shadow_items``: the shadow
-    evaluator's items (default: the evaluation suite's file, read in a thread at start).
+    evaluator's items (default: the evaluation suite, rendered in a child process at start).
     ``engine``: the embedded vLLM's supervisor (`slm-gateway run`), run as a lifespan task
     when ``settings.engine.supervise``; its configuration shows in /readyz and metrics.
     ``state``: the state backend (default: as ``settings.state`` says); tests share one
