@@ -13,7 +13,7 @@ from adapters.registry import AdapterEntry, AdapterStatus, Registry, RegistryErr
 from gateway.gates import GateState
 from gateway.metrics import Metrics
 from gateway.settings import CanarySettings, ShadowSettings
-from gateway.shadow import canary_rule, check_canary
+from gateway.shadow import GENERAL_KEY, Evidence, Observation, canary_rule, check_canary, gate_rule
 from router.canary import (
     CanaryPhase,
     CanaryProgress,
@@ -222,3 +222,15 @@ def test_canary_shares_follow_the_current_canary_version_and_travel_with_the_doc
                   entry("law-v2", AdapterStatus.CANARY, version=2))
     follower.follow(v2, v2.routing_table({"base"}))  # a new version starts at the beginning
     assert follower.canary_shares == {"legal": 0.05}
+
+
+def test_a_successor_resumes_the_canary_rollouts_with_the_evidence() -> None:
+    settings = ShadowSettings(min_samples=6)
+    evidence = Evidence(12, gate_rule(settings))
+    observations = [Observation(("law-v2", 1), 1.0, 0.0, (GENERAL_KEY, 0.0))] * 5
+    evidence.commit(observations, evidence.advance(observations))
+    evidence.canaries[("law-v2", 1)] = CanaryProgress(0.2, 4, CanaryPhase.GROWING)
+    successor = Evidence(12, gate_rule(settings))
+    assert successor.restore(evidence.dump()) == 1
+    assert successor.canaries == evidence.canaries
+    assert successor.versus(("law-v2", 1), GENERAL_KEY).n == 5

@@ -159,6 +159,9 @@ def test_an_undecided_canary_grows_to_its_cap_and_serves_its_cohort_of_users(
         # Naming a version is an explicit choice: no split.
         assert ask(client, inside, model="law-v1")["x-slm-adapter"] == "law-v1"
         assert statuses(client)["law-v2"] == "canary"  # equality proves nothing: no decision
+        console = client.get("/ui/api/state", headers=ADMIN).json()
+        legal = next(d for d in console["domains"] if d["id"] == "legal")
+        assert legal["canary"]["adapter"] == "law-v2" and legal["canary"]["state"] == "capped"
 
 
 def test_canary_latency_over_the_slo_holds_its_share_at_the_start(
@@ -227,3 +230,19 @@ def test_every_instance_routes_by_the_leaders_canary_share(
                      "the share")
             assert ask(client, user_at(MAX_SHARE, inside=True))["x-slm-adapter"] == "law-v2"
             assert ask(client, user_at(MAX_SHARE, inside=False))["x-slm-adapter"] == "law-v1"
+
+
+def test_a_first_adapter_rolled_out_as_a_canary_is_judged_against_the_general_model(
+    canary_settings: Settings, fake: FakeVllm, metrics: Metrics
+) -> None:
+    law, money, _ = canary_settings.adapters.entries
+    settings = canary_settings.model_copy(update={"adapters": canary_settings.adapters.model_copy(
+        update={"entries": [law.model_copy(update={"status": AdapterStatus.CANARY}), money]})})
+    answers = {GENERAL: "wrong", "law-v1": "right"}
+    with start(settings, fake, metrics, answers) as client:
+        # (Until then users outside its cohort get the general model: test_canary.py.)
+        wait_for(lambda: statuses(client).get("law-v1") == "active", "law-v1 to be promoted")
+        record = rollout(client)
+        assert record["state"] == "promoted" and record["baseline"] is None  # vs general
+        assert record["delta"]["low"] > 0
+        assert ask(client, "anyone")["x-slm-adapter"] == "law-v1"
