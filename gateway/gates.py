@@ -73,10 +73,6 @@ class GateState:
         self.canaries = dict(canaries)
         self._recompute_canaries()
 
-    def canary(self, domain: str | None) -> Key | None:
-        """The domain's current canary version, if it has one."""
-        return None if domain is None else self._canary.get(domain)
-
     def state(self, domain: str | None) -> str | None:
         """"closed"/"open" for a domain that has an adapter the gate can act on, else None."""
         if domain is None or domain not in self._active:

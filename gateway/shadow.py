@@ -508,11 +508,10 @@ class ShadowEvaluator:
 
     def _next_item(self) -> DomainItem | None:
         """Round-robin over domains with an active adapter or a canary; within a domain, an item
-        drawn
-        uniformly at random (with replacement). Answers are greedy, so an item scores the same
-        each time: random draws make each delta an independent draw from the domain's suite,
-        which the confidence sequences' guarantee assumes (items in a fixed cycle are not), and
-        the gate's verdict is then about the suite's mean delta."""
+        drawn uniformly at random (with replacement). Answers are greedy, so an item scores the
+        same each time: random draws make each delta an independent draw from the domain's
+        suite, which the confidence sequences' guarantee assumes (items in a fixed cycle are
+        not), and the gate's verdict is then about the suite's mean delta."""
         items = self._items or []
         domains = sorted({i.domain for i in items if self._active(i.domain) is not None
                           or self._canary(i.domain) is not None})

@@ -12,6 +12,8 @@ import pytest
 from adapters.registry import AdapterEntry, AdapterStatus, Registry, RegistryError
 from gateway.gates import GateState
 from gateway.metrics import Metrics
+from gateway.protocol import ChatCompletionRequest
+from gateway.proxy import sticky_key
 from gateway.settings import CanarySettings, ShadowSettings
 from gateway.shadow import GENERAL_KEY, Evidence, Observation, canary_rule, check_canary, gate_rule
 from router.canary import (
@@ -234,3 +236,14 @@ def test_a_successor_resumes_the_canary_rollouts_with_the_evidence() -> None:
     assert successor.restore(evidence.dump()) == 1
     assert successor.canaries == evidence.canaries
     assert successor.versus(("law-v2", 1), GENERAL_KEY).n == 5
+
+
+def test_the_sticky_key_is_the_end_users_identifier_when_the_client_sends_one() -> None:
+    def body(**extra: object) -> ChatCompletionRequest:
+        return ChatCompletionRequest.model_validate(
+            {"model": "auto", "messages": [{"role": "user", "content": "hi"}], **extra})
+
+    assert sticky_key(body(user="alice")) == "alice"
+    assert sticky_key(body(user="alice", safety_identifier="h-123")) == "h-123"
+    assert sticky_key(body()) is None and sticky_key(body(user="")) is None
+    assert sticky_key(body(user=42)) is None  # not a string: split by request instead
