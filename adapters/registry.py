@@ -45,6 +45,10 @@ class PathNotAllowedError(RegistryError):
 class AdapterStatus(StrEnum):
     ACTIVE = "active"  # serves its domain
     SHADOW = "shadow"  # servable by name and evaluated, not routed to by domain
+    # Serves a growing share of its domain's traffic while the shadow evaluator pairs it with the
+    # active version; promoted or rolled back (to shadow) on that evidence (router/canary.py).
+    # At most one per domain.
+    CANARY = "canary"
     RETIRED = "retired"  # kept for the record, never served
 
 
@@ -137,6 +141,7 @@ class Registry:
         self._entries: dict[str, AdapterEntry] = {}
         reserved = {AUTO_MODEL, *reserved_names, *self._domains}
         active_domains: dict[str, str] = {}
+        canary_domains: dict[str, str] = {}
         for entry in entries:
             if entry.name in self._entries:
                 raise RegistryError(f"adapter {entry.name!r} is registered twice")
@@ -153,6 +158,14 @@ class Registry:
                         f"{active_domains[entry.domain]!r} and {entry.name!r}"
                     )
                 active_domains[entry.domain] = entry.name
+            if entry.status is AdapterStatus.CANARY:
+                if entry.domain in canary_domains:
+                    raise RegistryError(
+                        f"domain {entry.domain!r} already has a canary: "
+                        f"{canary_domains[entry.domain]!r}; promote, roll back or retire it "
+                        f"before {entry.name!r} can be one"
+                    )
+                canary_domains[entry.domain] = entry.name
             if self._allowed_dirs is not None:
                 check_confined(entry.path, self._allowed_dirs)
             if check_files and not (entry.path / "adapter_config.json").is_file():
@@ -185,7 +198,8 @@ class Registry:
         return self.replaced(upsert(list(self), entry))
 
     def with_status(self, name: str, status: AdapterStatus) -> Registry:
-        """Change one adapter's status; promoting to active retires the domain's active one."""
+        """Change one adapter's status; promoting to active retires the domain's active one (a
+        canary promoted included)."""
         entry = self._entries.get(name)
         if entry is None:
             raise RegistryError(f"no adapter named {name!r}")
@@ -205,9 +219,11 @@ class Registry:
     def routing_table(self, base_aliases: Iterable[str]) -> RoutingTable:
         servable = {e.name: e.domain for e in self if e.status is not AdapterStatus.RETIRED}
         active = {e.domain: e.name for e in self if e.status is AdapterStatus.ACTIVE}
+        canary = {e.domain: e.name for e in self if e.status is AdapterStatus.CANARY}
         return RoutingTable(
             domains=self._domains,
             adapters=servable,
             active=active,
             base_aliases=frozenset(base_aliases),
+            canary=canary,
         )

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
-import random
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -30,31 +28,16 @@ from typing import Any
 
 from adapters.base_model import PreparedBase, load_causal_lm
 from adapters.corpus import CALIB, TRAIN, DomainItem, domain_items
-from adapters.perplexity import collate, encode_conversation, perplexity
+from adapters.lora_fit import Encoded, TrainConfig, fit_lora
+from adapters.perplexity import encode_conversation, perplexity
 
 logger = logging.getLogger(__name__)
 
 RECORD_FILE = "slm_adapter.json"
-ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 class TrainingError(RuntimeError):
     pass
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    rank: int = 8
-    alpha: int = 16
-    target_modules: tuple[str, ...] = ALL_LINEAR
-    first_layer: int = 15  # LoRA on layers first_layer..last: see the module docstring
-    steps: int = 48
-    batch_size: int = 8
-    learning_rate: float = 5e-4
-    warmup_steps: int = 5
-    max_tokens: int = 256
-    eval_items: int = 32
-    seed: int = 0
 
 
 @dataclass
@@ -89,9 +72,6 @@ class TrainingRecord:
         }
 
 
-Encoded = tuple[list[int], list[int]]
-
-
 def _encode(tokenizer: Any, items: Sequence[DomainItem], max_tokens: int) -> list[Encoded]:
     out = []
     for item in items:
@@ -101,44 +81,25 @@ def _encode(tokenizer: Any, items: Sequence[DomainItem], max_tokens: int) -> lis
     return out
 
 
-def _batches(examples: list[Encoded], config: TrainConfig) -> list[list[Encoded]]:
-    """``config.steps`` batches: epochs of shuffled data, similar lengths batched together."""
-    rng = random.Random(config.seed)
-    batches: list[list[Encoded]] = []
-    while len(batches) < config.steps:
-        order = examples[:]
-        rng.shuffle(order)
-        window = config.batch_size * 8
-        epoch: list[list[Encoded]] = []
-        for start in range(0, len(order), window):
-            chunk = sorted(order[start : start + window], key=lambda e: len(e[0]))
-            epoch.extend(
-                chunk[i : i + config.batch_size] for i in range(0, len(chunk), config.batch_size)
-            )
-        rng.shuffle(epoch)
-        batches.extend(epoch)
-    return batches[: config.steps]
-
-
 def train_adapter(
     base: PreparedBase,
     domain: str,
     out_dir: Path,
-    config: TrainConfig = TrainConfig(),
+    config: TrainConfig | None = None,
     *,
     progress: Callable[[str], None] = logger.info,
 ) -> TrainingRecord:
     import torch
-    from peft import LoraConfig, get_peft_model
 
+    config = config or TrainConfig()
     started = time.monotonic()
-    torch.manual_seed(config.seed)
     train_items = domain_items(domain, TRAIN)
     calib_items = domain_items(domain, CALIB)[: config.eval_items]
     if not train_items or not calib_items:
         raise TrainingError(f"domain {domain!r} has no training or held-out items")
 
     model, tokenizer = load_causal_lm(base.path, dtype="bfloat16")
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     examples = _encode(tokenizer, train_items, config.max_tokens)
     if not examples:
         raise TrainingError(f"every {domain!r} example is longer than {config.max_tokens} tokens")
@@ -150,57 +111,9 @@ def train_adapter(
     before = perplexity(model, tokenizer, held_out).value
     progress(f"{domain}: held-out answer perplexity before training {before:.3f}")
 
-    layers = list(range(config.first_layer, model.config.num_hidden_layers))
-    peft_model = get_peft_model(
-        model,
-        LoraConfig(
-            r=config.rank,
-            lora_alpha=config.alpha,
-            target_modules=list(config.target_modules),
-            layers_to_transform=layers,
-            lora_dropout=0.0,
-            task_type="CAUSAL_LM",
-        ),
-    )
-    trainable = [p for p in peft_model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=0.0)
-
-    def lr_factor(step: int) -> float:  # linear warm-up, cosine decay to 10%
-        if step < config.warmup_steps:
-            return (step + 1) / config.warmup_steps
-        progress_ = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress_))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
-    causal_lm: Any = peft_model.base_model.model
-    decoder, head = causal_lm.model, causal_lm.lm_head
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    losses: list[float] = []
-    tokens = 0
-    train_started = time.monotonic()
-    peft_model.train()
-    for step, batch in enumerate(_batches(examples, config), 1):
-        input_ids, attention, scored = collate(batch, pad_id)
-        hidden = decoder(input_ids=input_ids, attention_mask=attention).last_hidden_state
-        keep = scored[:, 1:]  # position t predicts token t+1
-        logits = head(hidden[:, :-1][keep]).float()
-        loss: Any = torch.nn.functional.cross_entropy(logits, input_ids[:, 1:][keep])
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(round(loss.item(), 4))
-        tokens += int(attention.sum())
-        if step % 5 == 0 or step == config.steps:
-            elapsed = time.monotonic() - train_started
-            eta = elapsed / step * (config.steps - step)
-            recent = sum(losses[-5:]) / len(losses[-5:])
-            progress(
-                f"{domain}: step {step}/{config.steps} loss {recent:.3f} "
-                f"{tokens / elapsed:.0f} tok/s, ETA {eta:.0f} s"
-            )
-    peft_model.eval()
+    fit = fit_lora(model, examples, config, pad_id=pad_id, label=f"{domain}: ",
+                   progress=progress)
+    peft_model, trainable, layers, losses = fit.model, fit.trainable, fit.layers, fit.losses
     after = perplexity(peft_model, tokenizer, held_out).value
     progress(f"{domain}: held-out answer perplexity after training {after:.3f} (was {before:.3f})")
 

@@ -20,6 +20,7 @@ from adapters.lifecycle import AdapterManager
 from adapters.registry import Registry, load_manifest
 from gateway.api import admin, console, health, openai
 from gateway.api.guard import Guard
+from gateway.canary import LatencyBook
 from gateway.classify import ClassifierService
 from gateway.console import TrafficWindow
 from gateway.engine import EngineSupervisor
@@ -131,7 +132,8 @@ def create_app(
                 breaker_failures=up.breaker_failures, breaker_cooldown_s=up.breaker_cooldown_s,
             )
             fleet = AdapterFleet(settings, pool, loader, metrics, registry, backend)
-            gate = GateState(metrics)
+            gate = GateState(metrics, settings.canary.initial_share)
+            latency = LatencyBook(settings.canary.latency_window)
             fleet.on_change(gate.follow)  # verdicts are per version: follow the active ones
             await fleet.seed()  # the stored registry, or ours stored as its first version
             gateway = Gateway(
@@ -148,6 +150,7 @@ def create_app(
                 responses=LocalResponseDirectory(up.response_owners),
                 limiter=backend.limiter(caps.requests_per_minute, caps.tokens_per_minute),
                 admission=Admission(caps.max_in_flight, caps.max_queue, caps.queue_timeout_s),
+                latency=latency,
             )
             # A replica that comes (back) up gets the active adapters loaded again.
             pool.on_restart = fleet.on_replica_up
@@ -161,6 +164,7 @@ def create_app(
                     user_load=lambda: sum(r.outstanding for r in pool.replicas),
                     state=backend, holder=holder,
                     evidence_interval_s=settings.state.evidence_interval_s,
+                    canary=settings.canary, latencies=latency.recent,
                     items=shadow_items, load_items=lambda n: load_suite(per_domain=n))
                 gateway.shadow = shadow
                 gateway.leadership = Leadership(backend, SHADOW_ROLE, holder,

@@ -5,7 +5,7 @@
     slm-gateway prepare-base   GGUF -> checkpoint, cached
     slm-gateway adapters train --domain D   train a domain LoRA adapter, add it to the manifest
     slm-gateway adapters compare-base       held-out perplexity of the bf16 vs 4-bit base
-    slm-gateway adapters list|register|load|unload|promote|retire   the admin API, from the shell
+    slm-gateway adapters list|register|load|unload|promote|canary|retire   the admin API
     slm-gateway adapters init-random   a random LoRA adapter (for tests and smoke runs)
     slm-gateway classify       JSON lines {"text": ...} or {"messages": [...]} in,
                                {"domain", "confidence", "route"} out
@@ -272,8 +272,9 @@ def adapter_name(domain: str) -> str:
 
 def cmd_adapters_train(args: argparse.Namespace) -> int:
     from adapters.base_model import prepare_base
+    from adapters.lora_fit import TrainConfig
     from adapters.registry import AdapterEntry, AdapterStatus, load_manifest, upsert, write_manifest
-    from adapters.train import TrainConfig, train_adapter
+    from adapters.train import train_adapter
     from router.taxonomy import load_taxonomy
 
     _setup_logging("info")
@@ -325,7 +326,8 @@ def cmd_adapters_report(args: argparse.Namespace) -> int:
 
 
 def cmd_adapters_admin(args: argparse.Namespace) -> int:
-    """`adapters list|register|load|unload|promote|retire`: a client of the gateway's admin API."""
+    """`adapters list|register|load|unload|promote|canary|retire`: a client of the gateway's
+    admin API."""
     import os
 
     import httpx
@@ -610,7 +612,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", type=Path, default=Path(".cache/models"))
     p.add_argument("--out-dir", type=Path, default=PUBLISHED_DIR)
     p.add_argument("--manifest", type=Path, default=PUBLISHED_MANIFEST)
-    p.add_argument("--status", choices=["active", "shadow"], default="active")
+    p.add_argument("--status", choices=["active", "shadow", "canary"], default="active")
     p.add_argument("--version", type=int, default=None, help="default: the current version")
     p.add_argument("--new-version", action="store_true", help="write the next version")
     p.set_defaults(func=cmd_adapters_train)
@@ -628,7 +630,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", required=True)
     p.add_argument("--domain", required=True)
     p.add_argument("--path", type=Path, required=True)
-    p.add_argument("--status", choices=["active", "shadow"], default="shadow")
+    p.add_argument("--status", choices=["active", "shadow", "canary"], default="shadow")
     p.add_argument("--version", type=int, default=None)
     for name, help_ in (("load", "load on every replica (warm-up)"),
                         ("unload", "unload from every replica (reloads on next use)")):
@@ -636,6 +638,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("name")
         p.add_argument("--replica", default=None, help="only this replica (r0, r1, ...)")
     for name, help_ in (("promote", "make a shadow adapter its domain's active one"),
+                        ("canary", "roll an adapter out as its domain's canary"),
                         ("retire", "stop serving an adapter")):
         admin_parser(name, help_).add_argument("name")
 

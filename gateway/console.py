@@ -218,13 +218,15 @@ def _versions(gateway: Gateway, domain: str) -> list[dict[str, Any]]:
              "loaded_on": gateway.fleet.where_loaded(e.name)} for e in entries]
 
 
-def domain_states(gateway: Gateway, domains: Iterable[str], evidence: Mapping[str, Any]
-                  ) -> list[dict[str, Any]]:
-    """Per domain: gate, versions and the shadow evaluator's ``evidence`` (``/admin/quality``'s
-    ``domains``)."""
+def domain_states(gateway: Gateway, domains: Iterable[str], evidence: Mapping[str, Any],
+                  canaries: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Per domain: gate, versions, the shadow evaluator's ``evidence`` (``/admin/quality``'s
+    ``domains``) and its canary rollout (``canaries``)."""
+    canaries = canaries or {}
     return [{"id": domain, "gate": gateway.gate_state(domain),
              "active": gateway.fleet.table.active.get(domain),
-             "versions": _versions(gateway, domain), "evidence": evidence.get(domain)}
+             "versions": _versions(gateway, domain), "evidence": evidence.get(domain),
+             "canary": canaries.get(domain)}
             for domain in domains]
 
 
@@ -238,10 +240,11 @@ def replica_states(gateway: Gateway) -> list[dict[str, Any]]:
 async def console_state(gateway: Gateway, window: TrafficWindow) -> dict[str, Any]:
     """The whole page's data (``GET /ui/api/state``)."""
     settings = gateway.settings
-    shadow, evidence = None, {}
+    shadow, evidence, canaries = None, {}, {}
     if gateway.shadow is not None:
         report = gateway.shadow.report()
         evidence = report["domains"]
+        canaries = report.get("canaries", {})
         shadow = {k: report[k] for k in ("gate_enabled", "min_samples", "confidence",
                                          "items_scored")}
     return {
@@ -250,7 +253,8 @@ async def console_state(gateway: Gateway, window: TrafficWindow) -> dict[str, An
         "ready": gateway.pool.ready(),
         "shadow": shadow,
         "gated": sorted(gateway.gate.gated),
-        "domains": domain_states(gateway, sorted(gateway.fleet.table.domains), evidence),
+        "domains": domain_states(gateway, sorted(gateway.fleet.table.domains), evidence,
+                                 canaries),
         "traffic": await window.traffic(),
         "replicas": replica_states(gateway),
         "engine": engine_info(settings, gateway),

@@ -38,6 +38,8 @@ logger = logging.getLogger(__name__)
 REGISTRY = "registry"
 MAX_UNLOAD_EVENTS = 64  # kept in the document; an instance further behind just reloads on use
 WRITE_ATTEMPTS = 5  # compare-and-set rounds before an admin change gives up
+# Statuses that domain routing sends traffic to: loaded on every replica, like the active ones.
+ROUTED = frozenset({AdapterStatus.ACTIVE, AdapterStatus.CANARY})
 
 
 class AdapterFleet:
@@ -186,7 +188,7 @@ class AdapterFleet:
                 await self.load_everywhere(entry)
             elif old.version != entry.version or old.path != entry.path:
                 await self.upgrade(entry)
-            elif entry.status is AdapterStatus.ACTIVE and old.status is not AdapterStatus.ACTIVE:
+            elif entry.status in ROUTED and old.status not in ROUTED:
                 await self.load_everywhere(entry)
         for entry in before:
             if after.get(entry.name) is None:
@@ -218,9 +220,10 @@ class AdapterFleet:
     async def set_status(
         self, name: str, status: AdapterStatus
     ) -> tuple[list[str], dict[str, str]]:
-        """Promote (active) or retire an adapter. Promoting retires the domain's previous active
-        adapter; retired ones are unloaded everywhere. Returns (retired names, load outcome).
-        Raises RegistryError when the change is not allowed."""
+        """Promote (active), start a canary, roll back (shadow) or retire an adapter. Promoting
+        retires the domain's previous active adapter; retired ones are unloaded everywhere; an
+        active or canary one is loaded everywhere. Returns (retired names, load outcome). Raises
+        RegistryError when the change is not allowed."""
         before, after = await self.change(lambda registry: registry.with_status(name, status))
         previous = {e.name for e in before if e.status is not AdapterStatus.RETIRED}
         retired = [e.name for e in after
@@ -229,7 +232,7 @@ class AdapterFleet:
             await self.unload_everywhere(retired_name)
         replicas: dict[str, str] = {}
         entry = after.get(name)
-        if status is AdapterStatus.ACTIVE and entry is not None:
+        if status in ROUTED and entry is not None:
             replicas = await self.load_everywhere(entry)
         return retired, replicas
 
@@ -250,7 +253,7 @@ class AdapterFleet:
             task.add_done_callback(self._tasks.discard)
 
     async def sync_replica(self, url: str) -> None:
-        active = [e for e in self.registry if e.status is AdapterStatus.ACTIVE]
+        active = [e for e in self.registry if e.status in ROUTED]
         replica = next((r for r in self.pool.replicas if r.url == url), None)
         if replica is None or not active:
             return

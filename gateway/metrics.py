@@ -250,6 +250,48 @@ class Metrics:
             ["domain", "state"],
             registry=r,
         )
+        # ---------------------------------------------------------------- canary rollouts
+        # Per domain (one canary at most each); the canary's name is in /admin/quality and in
+        # the `adapter` label of the request metrics.
+        self.canary_share = Gauge(
+            "slm_canary_share",
+            "Share of the domain's routed traffic (auto or domain id) its canary is sent, 0-1 "
+            "(0: no canary). Set on every instance from the evaluator's state.",
+            ["domain"],
+            registry=r,
+        )
+        self.canary_decisions = Counter(
+            "slm_canary_decisions",
+            "Canary rollouts ended by the evidence (decision: promoted, rolled_back); counted "
+            "by the instance running the evaluator.",
+            ["domain", "decision"],
+            registry=r,
+        )
+        self.canary_delta = Gauge(
+            "slm_canary_delta",
+            "Mean paired score delta, canary minus active version (or general model where the "
+            "domain has none), over the canary's confidence sequence.",
+            ["domain"],
+            registry=r,
+        )
+        self.canary_delta_low = Gauge(
+            "slm_canary_delta_low",
+            "Lower bound of the canary delta's anytime-valid confidence sequence.",
+            ["domain"],
+            registry=r,
+        )
+        self.canary_delta_high = Gauge(
+            "slm_canary_delta_high",
+            "Upper bound of the canary delta's anytime-valid confidence sequence.",
+            ["domain"],
+            registry=r,
+        )
+        self.canary_evidence = Gauge(
+            "slm_canary_evidence_samples",
+            "Paired samples in the canary's confidence sequence.",
+            ["domain"],
+            registry=r,
+        )
         self.state_up = Gauge(
             "slm_state_up",
             "1 when the state backend (Redis) answered its last call, else 0 (serving goes on "

@@ -21,6 +21,7 @@ from fastapi import Request
 from fastapi.responses import Response
 
 from adapters.lifecycle import AdapterLoadError
+from gateway.canary import LatencyBook
 from gateway.classify import ClassifierService
 from gateway.errors import (
     GatewayError,
@@ -116,6 +117,8 @@ class Gateway:
     leadership: Leadership | None = None
     # The supervised embedded vLLM (`slm-gateway run`); None in front of external replicas.
     engine: EngineSupervisor | None = None
+    # Recent request durations per adapter, for canary rollouts' latency SLO (None: not kept).
+    latency: LatencyBook | None = None
 
     def __post_init__(self) -> None:
         # The client's timeouts, as the extension every upstream request carries (built once).
@@ -129,7 +132,9 @@ class Gateway:
         return self.gate.state(domain)
 
     # ----------------------------------------------------------------- routing
-    async def route(self, body: OpenAIRequest) -> RouteDecision:
+    async def route(self, body: OpenAIRequest, sticky: str | None = None) -> RouteDecision:
+        """``sticky``: the key that keeps a user on one side of a canary split (None: no
+        canary for this request)."""
         classification = None
         if body.model == AUTO_MODEL and self.classifier is not None:
             classification = await self.classifier.classify_turns(body.routing_turns())
@@ -140,6 +145,8 @@ class Gateway:
                 self.fleet.table,
                 gated=self.gate.gated,
                 threshold=self.settings.routing.confidence_threshold,
+                canary_shares=self.gate.canary_shares,
+                sticky=sticky,
             )
         except UnknownModelError as exc:
             raise ModelNotFoundError(
@@ -200,7 +207,8 @@ class Gateway:
             return error_response(exc)
         # A slot is held from here: the attempt gives it back, with whatever else it holds,
         # when the request ends (here, or when its stream closes).
-        attempt = _Attempt(self.metrics, self.admission, self.fleet, endpoint, started)
+        attempt = _Attempt(self.metrics, self.admission, self.fleet, endpoint, started,
+                           self.latency)
         try:
             return await self._serve_admitted(request, body, attempt, path, request_id, pinned)
         finally:
@@ -217,7 +225,8 @@ class Gateway:
         pinned: str | None,
     ) -> Response:
         try:
-            original = attempt.decision = await self.route(body)
+            original = attempt.decision = await self.route(
+                body, sticky=sticky_key(body) or request_id)
             if original.adapter is not None and not self.settings.upstream.lora_prompt_logprobs:
                 _refuse_prompt_logprobs(body)
             decision, replica = await self._place(original, pinned=pinned)
@@ -239,7 +248,8 @@ class Gateway:
         while True:
             body.model = decision.adapter or up.served_model_name
             attempt.try_on(replica, decision, route_headers(
-                decision, request_id, self.gate_state(decision.domain)))
+                decision, request_id, self.gate_state(decision.domain),
+                canary=self.fleet.table.canary.get(decision.domain or "")))
             try:
                 return await self._forward(request, body, attempt, path, request_id, deadline)
             except _RetryableFailure as failure:
@@ -481,8 +491,9 @@ class _Attempt:
     try is recorded here too, so one place keeps a replica's books."""
 
     def __init__(self, metrics: Metrics, admission: Admission, fleet: AdapterFleet,
-                 endpoint: str, started: float) -> None:
+                 endpoint: str, started: float, latency: LatencyBook | None = None) -> None:
         self.metrics = metrics
+        self.latency = latency
         self.admission = admission
         self.fleet = fleet
         self.started = started
@@ -554,9 +565,11 @@ class _Attempt:
             endpoint, domain, adapter, reason, status_class(self.status)
         ).inc()
         if served_by is not None:
+            seconds = time.perf_counter() - self.started
             self.metrics.replica_requests.labels(served_by.name).inc()
-            self.metrics.request_duration.labels(*self.labels).observe(
-                time.perf_counter() - self.started)
+            self.metrics.request_duration.labels(*self.labels).observe(seconds)
+            if self.latency is not None and self.status == 200:
+                self.latency.record(adapter, seconds)  # answered requests only: errors are fast
 
 
 class _RetryableFailure(Exception):
@@ -593,9 +606,24 @@ def _refuse_prompt_logprobs(body: OpenAIRequest) -> None:
         )
 
 
+def sticky_key(body: OpenAIRequest) -> str | None:
+    """What keeps one end user on one side of a canary split: OpenAI's ``safety_identifier`` or
+    its older ``user`` (a string the application sets per end user), else None (the caller then
+    splits by request). Hashed for the split only; never logged or used as a label."""
+    extra = body.model_extra or {}
+    for name in ("safety_identifier", "user"):
+        value = extra.get(name)
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
 def route_headers(
-    decision: RouteDecision, request_id: str, gate: str | None = None
+    decision: RouteDecision, request_id: str, gate: str | None = None, *,
+    canary: str | None = None
 ) -> dict[str, str]:
+    """``canary``: the domain's canary adapter, if it has one; ``x-slm-canary`` then says whether
+    the canary answered (in its cohort, or named explicitly)."""
     headers = {
         "x-slm-domain": decision.domain or NONE,
         "x-slm-adapter": decision.adapter or NONE,
@@ -605,6 +633,8 @@ def route_headers(
     }
     if gate is not None:
         headers["x-slm-quality-gate"] = gate
+    if canary:
+        headers["x-slm-canary"] = "true" if decision.adapter == canary else "false"
     return headers
 
 

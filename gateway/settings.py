@@ -11,7 +11,15 @@ import os
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, HttpUrl, SecretStr, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    HttpUrl,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -199,6 +207,38 @@ class ShadowSettings(BaseModel):
     auto_promote: bool = False
 
 
+class CanarySettings(BaseModel):
+    """Canary rollouts (router/canary.py): an adapter version registered with status `canary`
+    serves a share of its domain's traffic, growing while the shadow evaluator's evidence against
+    the active version holds and its latency is within the SLO; promoted when the evidence says
+    better, rolled back to `shadow` when worse (the sequence's confidence and min_samples are the
+    quality gate's, shadow.confidence and shadow.min_samples)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    initial_share: float = Field(default=0.05, gt=0.0, le=1.0)
+    growth: float = Field(default=2.0, ge=1.0)  # the share's factor per step
+    step_samples: int = Field(default=10, ge=1)  # paired suite items per step
+    max_share: float = Field(default=0.5, gt=0.0, le=1.0)
+    # Promote once the canary's whole confidence sequence (delta vs the active version) is above
+    # this; 0: once it is proven better at all.
+    promote_margin: float = Field(default=0.0, ge=0.0, lt=1.0)
+    # Latency (p95 of the canary's last `latency_window` answered requests, end to end, once it
+    # has `latency_min_samples`): at most `latency_slo_s` (None: no absolute bound) and at most
+    # `latency_ratio` x the active version's p95 over its own last requests (None: no relative
+    # bound). A breach sends the share back to initial_share until it is within again.
+    latency_slo_s: float | None = Field(default=None, gt=0.0)
+    latency_ratio: float | None = Field(default=1.5, ge=1.0)
+    latency_window: int = Field(default=200, ge=1)
+    latency_min_samples: int = Field(default=20, ge=1)
+
+    @model_validator(mode="after")
+    def _initial_within_max(self) -> CanarySettings:
+        if self.initial_share > self.max_share:
+            raise ValueError("canary.initial_share must not exceed canary.max_share")
+        return self
+
+
 class LimitSettings(BaseModel):
     """What one request may be, and how much traffic the gateway and each key may send."""
 
@@ -295,6 +335,7 @@ class Settings(BaseSettings):
     routing: RoutingSettings = RoutingSettings()
     adapters: AdapterSettings = AdapterSettings()
     shadow: ShadowSettings = ShadowSettings()
+    canary: CanarySettings = CanarySettings()
     limits: LimitSettings = LimitSettings()
     console: ConsoleSettings = ConsoleSettings()
     state: StateSettings = StateSettings()

@@ -8,6 +8,12 @@ the quality gate (:mod:`router.gate`) decides which domains the general model se
 version whose sequence against the active one lies above zero may be promoted
 (``auto_promote``).
 
+A domain's **canary** version (:mod:`router.canary`) is answered on the same items too, its
+paired delta against the active version (the general model where the domain has none) feeds a
+confidence sequence of its own, and after each item its rollout steps: its traffic share grows,
+holds, or it is promoted (the registry's promote path, through the fleet) or rolled back to
+``shadow``. The shares go to routing with the gate's verdicts (:class:`GateState`).
+
 Sampled live traffic (``live_sample_rate``) is answered by both variants too and both answers are
 kept in the pair store for review; it has no reference answer, so it is not scored and does not
 move the gate.
@@ -50,12 +56,23 @@ import numpy as np
 from adapters.evaluation.scoring import rouge_l
 from adapters.evaluation.statistics import Estimate, finite, mean
 from adapters.evaluation.suite import ItemScore, Preempted, VllmScorer
-from adapters.registry import AdapterEntry, AdapterStatus
+from adapters.registry import AdapterEntry, AdapterStatus, RegistryError
 from gateway.fleet import AdapterFleet
 from gateway.gates import GATE, GateState
 from gateway.metrics import NONE, Metrics
-from gateway.settings import ShadowSettings
+from gateway.settings import CanarySettings, ShadowSettings
 from gateway.state import StateBackend, StateUnavailable
+from router.canary import (
+    TERMINAL,
+    CanaryPhase,
+    CanaryProgress,
+    CanaryRule,
+    Standing,
+    latency_within,
+    p95,
+    standing,
+    step,
+)
 from router.gate import Bounds, GateRule, GateTrack, VersionGate
 from router.gate import GateState as Verdict
 from router.sequence import BettingSequence
@@ -67,6 +84,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 GENERAL = NONE  # the `adapter` label value of the general model's scores
+# The general model as a canary's baseline in a domain without an active version (no adapter
+# has version 0, so this key is never an adapter's).
+GENERAL_KEY = (GENERAL, 0)
 METHOD = ("betting confidence sequence (hedged capital, Waudby-Smith & Ramdas 2024), "
           "anytime-valid")
 LIVE_MAX_TOKENS = 128
@@ -126,6 +146,42 @@ def gate_rule(settings: ShadowSettings) -> GateRule:
     return GateRule(confidence=settings.confidence, min_samples=settings.min_samples)
 
 
+def canary_rule(shadow: ShadowSettings, canary: CanarySettings) -> CanaryRule:
+    """Canary rollouts decide at the quality gate's confidence and ``min_samples``."""
+    return CanaryRule(
+        initial_share=canary.initial_share, growth=canary.growth,
+        step_samples=canary.step_samples, max_share=canary.max_share,
+        min_samples=shadow.min_samples, promote_margin=canary.promote_margin,
+        latency_slo_s=canary.latency_slo_s, latency_ratio=canary.latency_ratio,
+        latency_min_samples=canary.latency_min_samples)
+
+
+@dataclass(frozen=True)
+class CanaryCheck:
+    """One canary version's rollout after an item: its evidence against the baseline, its
+    standing, latency and the stepped progress."""
+
+    bounds: Bounds
+    standing: Standing
+    progress: CanaryProgress
+    latency_p95_s: float | None
+    baseline_latency_p95_s: float | None
+
+
+def check_canary(progress: CanaryProgress, rule: CanaryRule, sequence: BettingSequence,
+                 canary_seconds: Sequence[float], baseline_seconds: Sequence[float], *,
+                 gate_closed: bool) -> CanaryCheck:
+    """Pure (numpy: run off the event loop): the canary's next step."""
+    bounds = Bounds.of(sequence)
+    now = standing(bounds.n, bounds.low, bounds.high, rule)
+    canary_p95 = p95(canary_seconds, rule.latency_min_samples)
+    baseline_p95 = p95(baseline_seconds, rule.latency_min_samples)
+    within = latency_within(canary_p95, baseline_p95, rule)
+    after = step(progress, rule, n=bounds.n, standing=now, latency_ok=within,
+                 gate_closed=gate_closed)
+    return CanaryCheck(bounds, now, after, canary_p95, baseline_p95)
+
+
 @dataclass(frozen=True)
 class Observation:
     """One item's paired scores for one adapter version: its score, the general model's, and for
@@ -153,6 +209,8 @@ class Evidence:
       it after every item is sound;
     * for a shadow version, a confidence sequence of the delta against the active version
       (started afresh whenever the active version changes), which promotion acts on;
+    * for a canary version, the same sequence against the active version (or the general
+      model, :data:`GENERAL_KEY`, where the domain has none) and its rollout's progress;
     * the last ``window`` paired scores, for the reported mean scores only.
 
     Gates and sequences are immutable values: :meth:`advance` computes the next ones (numpy work,
@@ -166,13 +224,17 @@ class Evidence:
         self.recent: dict[Key, deque[tuple[float, float]]] = {}
         self.gates: dict[Key, VersionGate] = {}
         self.vs_active: dict[tuple[Key, Key], BettingSequence] = {}
+        self.canaries: dict[Key, CanaryProgress] = {}
 
     def gate(self, entry: AdapterEntry) -> VersionGate:
         return self.gates.get(key(entry)) or VersionGate.start(self.rule)
 
     def against_active(self, entry: AdapterEntry, active: AdapterEntry) -> Bounds:
-        sequence = self.vs_active.get((key(entry), key(active))) or self.rule.sequence()
-        return Bounds.of(sequence)
+        return Bounds.of(self.versus(key(entry), key(active)))
+
+    def versus(self, version: Key, baseline: Key) -> BettingSequence:
+        """The sequence of ``version``'s delta against ``baseline`` (fresh when there is none)."""
+        return self.vs_active.get((version, baseline)) or self.rule.sequence()
 
     def scores(self, entry: AdapterEntry) -> tuple[list[float], list[float]]:
         pairs = self.recent.get(key(entry), ())
@@ -215,6 +277,8 @@ class Evidence:
             "gates": [[list(k), _track_dict(g.track)] for k, g in self.gates.items()],
             "vs_active": [[list(a), list(b), _sequence_dict(s)]
                           for (a, b), s in self.vs_active.items()],
+            "canaries": [[list(k), p.share, p.stepped_at, p.phase.value]
+                         for k, p in self.canaries.items()],
         }).encode()
 
     def restore(self, blob: bytes) -> int:
@@ -228,6 +292,9 @@ class Evidence:
                       for k, t in document["gates"]}
         self.vs_active = {((str(a[0]), int(a[1])), (str(b[0]), int(b[1]))): _sequence(s)
                           for a, b, s in document["vs_active"]}
+        self.canaries = {(str(k[0]), int(k[1])): CanaryProgress(float(share), int(at),
+                                                                CanaryPhase(phase))
+                         for k, share, at, phase in document.get("canaries", [])}
         return len(self.gates)
 
 
@@ -318,6 +385,8 @@ class ShadowEvaluator:
         items: Sequence[SuiteItem] | None = None,
         load_items: Callable[[int], Sequence[SuiteItem]] | None = None,
         rng: random.Random | None = None,
+        canary: CanarySettings | None = None,
+        latencies: Callable[[str], list[float]] = lambda adapter: [],
     ) -> None:
         self.fleet = fleet
         self.gate = gate
@@ -335,6 +404,11 @@ class ShadowEvaluator:
                                    busy=self._user_busy)
         self.rule = gate_rule(settings)
         self.evidence = Evidence(settings.window, self.rule)
+        self.canary_rule = canary_rule(settings, canary or CanarySettings())
+        # Recent request durations of an adapter (GENERAL: the general model's), this instance.
+        self.latencies = latencies
+        self.canary_checks: dict[Key, CanaryCheck] = {}  # the last check of each canary version
+        self.canary_log: dict[str, dict[str, Any]] = {}  # per domain: its last decided canary
         self.store = PairStore(settings.store)
         self._items = list(items) if items is not None else None
         self._load_items = load_items
@@ -374,6 +448,7 @@ class ShadowEvaluator:
                     logger.info("shadow evaluator resumes from stored evidence (%d adapter "
                                 "versions)", restored)
                     self.apply_gate()
+                    self._hand_over_canaries()
             except StateUnavailable:
                 logger.warning("stored evidence unreachable: the shadow evaluator starts afresh")
         self.leading = True
@@ -428,14 +503,19 @@ class ShadowEvaluator:
         name = self.fleet.table.active.get(domain)
         return self.fleet.registry.get(name) if name else None
 
+    def _canary(self, domain: str) -> AdapterEntry | None:
+        name = self.fleet.table.canary.get(domain)
+        return self.fleet.registry.get(name) if name else None
+
     def _next_item(self) -> SuiteItem | None:
-        """Round-robin over domains with an active adapter; within a domain, an item drawn
-        uniformly at random (with replacement). Answers are greedy, so an item scores the same
-        each time: random draws make each delta an independent draw from the domain's suite,
-        which the confidence sequences' guarantee assumes (items in a fixed cycle are not), and
-        the gate's verdict is then about the suite's mean delta."""
+        """Round-robin over domains with an active adapter or a canary; within a domain, an item
+        drawn uniformly at random (with replacement). Answers are greedy, so an item scores the
+        same each time: random draws make each delta an independent draw from the domain's
+        suite, which the confidence sequences' guarantee assumes (items in a fixed cycle are
+        not), and the gate's verdict is then about the suite's mean delta."""
         items = self._items or []
-        domains = sorted({i.domain for i in items if self._active(i.domain) is not None})
+        domains = sorted({i.domain for i in items if self._active(i.domain) is not None
+                          or self._canary(i.domain) is not None})
         if not domains:
             return None
         domain = domains[self.items_scored % len(domains)]
@@ -482,19 +562,27 @@ class ShadowEvaluator:
 
     async def evaluate_item(self, item: SuiteItem) -> dict[str, Any] | None:
         active = self._active(item.domain)
-        if active is None:
+        canary = self._canary(item.domain)
+        if active is None and canary is None:
             return None
-        shadows = self._shadows(item.domain)
-        variants: list[AdapterEntry | None] = [None, active, *shadows]
+        shadows = self._shadows(item.domain) if active is not None else []
+        variants: list[AdapterEntry | None] = [None]
+        variants += [e for e in (active, *shadows, canary) if e is not None]
         scores: list[ItemScore] = []
         for entry in variants:
             scores.append(await self._on_replica(
                 entry, lambda scorer, model: scorer.score(item, model)))
-        general, active_score, *shadow_scores = scores
-        observations = [Observation(key(active), active_score.score, general.score)]
-        observations += [Observation(key(entry), s.score, general.score,
-                                     (key(active), active_score.score))
-                         for entry, s in zip(shadows, shadow_scores, strict=True)]
+        general = scores[0]
+        score = {key(e): s.score for e, s in zip(variants, scores, strict=True) if e is not None}
+        # The baseline shadow and canary versions are paired with: the active version, or the
+        # general model in a domain without one (a first adapter rolled out as a canary).
+        baseline = ((key(active), score[key(active)]) if active is not None
+                    else (GENERAL_KEY, general.score))
+        observations = []
+        if active is not None:
+            observations.append(Observation(key(active), score[key(active)], general.score))
+        observations += [Observation(key(entry), score[key(entry)], general.score, baseline)
+                         for entry in (*shadows, canary) if entry is not None]
         # The sequences' numpy updates run off the event loop; the swap-in happens on it.
         advance = await asyncio.to_thread(self.evidence.advance, observations)
         self.evidence.commit(observations, advance)
@@ -508,9 +596,13 @@ class ShadowEvaluator:
                          for e, s in zip(variants, scores, strict=True)},
         }
         await self.store.append(record)
-        self._publish(item.domain, active, shadows)
+        check = await self._judge_canary(canary, active) if canary is not None else None
+        self._publish(item.domain, [e for e in variants if e is not None], check)
         await self._share(item.domain, active)
-        if self.settings.auto_promote:
+        if canary is not None and check is not None and await self._act_on_canary(
+                item.domain, canary, active, check):
+            return record  # the registry changed under this item's view of it
+        if self.settings.auto_promote and active is not None:
             await self._maybe_promote(active, shadows)
         return record
 
@@ -575,12 +667,39 @@ class ShadowEvaluator:
         return {"gate_enabled": self.settings.gate, "min_samples": self.settings.min_samples,
                 "confidence": self.settings.confidence, "method": METHOD,
                 "items_scored": self.items_scored, "evaluator": self.holder,
-                "domains": domains}
+                "domains": domains, "canaries": self._canary_report()}
 
-    def _publish(self, domain: str, active: AdapterEntry,
-                 shadows: Sequence[AdapterEntry]) -> None:
+    def _canary_report(self) -> dict[str, Any]:
+        """Per domain: its canary's rollout, or else the last canary decided there."""
+        canaries = dict(self.canary_log)
+        for domain in sorted(self.fleet.table.canary):
+            canary = self._canary(domain)
+            if canary is not None:
+                check = self.canary_checks.get(key(canary))
+                canaries[domain] = self._canary_record(canary, self._active(domain), check)
+        return dict(sorted(canaries.items()))
+
+    def _canary_record(self, canary: AdapterEntry, active: AdapterEntry | None,
+                       check: CanaryCheck | None) -> dict[str, Any]:
+        progress = check.progress if check is not None else CanaryProgress.start(
+            self.canary_rule)
+        bounds = check.bounds if check is not None else Bounds(0, float("nan"), -1.0, 1.0)
+        return {
+            "adapter": canary.name, "version": canary.version,
+            # What the canary is paired with: the active version, or null: the general model.
+            "baseline": None if active is None else {"adapter": active.name,
+                                                     "version": active.version},
+            "state": progress.phase.value,
+            "share": progress.share,
+            "delta": bounds_dict(bounds),  # canary - baseline: n, mean, low, high
+            "latency_p95_s": None if check is None else check.latency_p95_s,
+            "baseline_latency_p95_s": None if check is None else check.baseline_latency_p95_s,
+        }
+
+    def _publish(self, domain: str, entries: Sequence[AdapterEntry],
+                 canary: CanaryCheck | None) -> None:
         m = self.metrics
-        for entry in (active, *shadows):
+        for entry in entries:
             special, _ = self.evidence.scores(entry)
             delta = self.evidence.gate(entry).evidence()
             m.shadow_score.labels(domain, entry.name).set(mean(special))
@@ -588,8 +707,13 @@ class ShadowEvaluator:
             m.shadow_delta_low.labels(domain, entry.name).set(delta.low)
             m.shadow_delta_high.labels(domain, entry.name).set(delta.high)
             m.shadow_evidence.labels(domain, entry.name).set(delta.n)
-        _, general = self.evidence.scores(active)
+        _, general = self.evidence.scores(entries[0])
         m.shadow_score.labels(domain, GENERAL).set(mean(general))
+        if canary is not None:  # kept after the rollout ends: the last canary's evidence
+            m.canary_delta.labels(domain).set(canary.bounds.mean)
+            m.canary_delta_low.labels(domain).set(canary.bounds.low)
+            m.canary_delta_high.labels(domain).set(canary.bounds.high)
+            m.canary_evidence.labels(domain).set(canary.bounds.n)
 
     def apply_gate(self) -> frozenset[str]:
         """Hand routing the adapter versions whose gate is closed (none with ``gate: false``);
@@ -599,13 +723,14 @@ class ShadowEvaluator:
         self.gate.set_closed(closed)
         return self.gate.gated
 
-    async def _share(self, domain: str, active: AdapterEntry) -> None:
+    async def _share(self, domain: str, active: AdapterEntry | None) -> None:
         """After an item: the verdicts to routing here, and with shared state to the fleet
         (the evidence for a successor at most every ``evidence_interval_s``)."""
-        was = self.evidence.gates.get(key(active))
+        was = self.evidence.gates.get(key(active)) if active is not None else None
         self.apply_gate()
-        gate = self.evidence.gate(active)
-        if gate.state is Verdict.CLOSED and (was is None or was.state is not Verdict.CLOSED):
+        gate = self.evidence.gate(active) if active is not None else None
+        if (active is not None and gate is not None and gate.state is Verdict.CLOSED
+                and (was is None or was.state is not Verdict.CLOSED)):
             delta = gate.evidence()
             logger.warning("quality gate evidence: %s v%d worse than general for %s (delta "
                            "%+.3f, confidence sequence [%+.3f, %+.3f] over %d samples)",
@@ -638,3 +763,69 @@ class ShadowEvaluator:
                                better.low, better.high, better.n)
                 await self.fleet.set_status(entry.name, AdapterStatus.ACTIVE)
                 return
+
+    # ------------------------------------------------------------------ canary rollouts
+    async def _judge_canary(self, canary: AdapterEntry, active: AdapterEntry | None
+                            ) -> CanaryCheck:
+        """Step the canary's rollout on its evidence (off the event loop) and hand the shares
+        to routing."""
+        version = key(canary)
+        baseline = key(active) if active is not None else GENERAL_KEY
+        progress = self.evidence.canaries.get(version) or CanaryProgress.start(self.canary_rule)
+        gate_closed = (self.settings.gate
+                       and self.evidence.gate(canary).state is Verdict.CLOSED)
+        check = await asyncio.to_thread(
+            check_canary, progress, self.canary_rule, self.evidence.versus(version, baseline),
+            self.latencies(canary.name), self.latencies(active.name if active else GENERAL),
+            gate_closed=gate_closed)
+        if check.progress.share != progress.share and check.progress.phase not in TERMINAL:
+            logger.info("canary %s v%d: share %.3f -> %.3f (%s, delta %+.3f [%+.3f, %+.3f] over "
+                        "%d samples)", canary.name, canary.version, progress.share,
+                        check.progress.share, check.progress.phase.value, check.bounds.mean,
+                        check.bounds.low, check.bounds.high, check.bounds.n)
+        self.evidence.canaries[version] = check.progress
+        self.canary_checks[version] = check
+        self._hand_over_canaries()
+        return check
+
+    def _hand_over_canaries(self) -> None:
+        """The current canary versions' progress to routing (here; the gate document carries it
+        to the other instances). Versions no longer canaries are dropped."""
+        current = {key(e) for e in self.fleet.registry if e.status is AdapterStatus.CANARY}
+        self.evidence.canaries = {k: p for k, p in self.evidence.canaries.items()
+                                  if k in current}
+        self.canary_checks = {k: c for k, c in self.canary_checks.items() if k in current}
+        self.gate.set_canaries({k: (p.share, p.phase.value)
+                                for k, p in self.evidence.canaries.items()})
+
+    async def _act_on_canary(self, domain: str, canary: AdapterEntry,
+                             active: AdapterEntry | None, check: CanaryCheck) -> bool:
+        """Promote (the registry's promote path: the active version is retired) or roll back (to
+        shadow: it stops getting traffic and stays evaluated, its evidence on show) a canary
+        whose evidence decided. True when the registry changed. A failed change (the state
+        unreachable) is tried again after the canary's next item."""
+        phase = check.progress.phase
+        if phase not in TERMINAL:
+            return False
+        current = self.fleet.registry.get(canary.name)
+        if (current is None or key(current) != key(canary)
+                or current.status is not AdapterStatus.CANARY):
+            return False  # changed meanwhile (a new version, an operator): not ours to decide
+        promote = phase is CanaryPhase.PROMOTED
+        b = check.bounds
+        logger.warning("canary %s v%d %s against %s (delta %+.3f, confidence sequence [%+.3f, "
+                       "%+.3f] over %d samples, share was %.3f)", canary.name, canary.version,
+                       "promoted" if promote else "rolled back to shadow",
+                       f"{active.name} v{active.version}" if active else "the general model",
+                       b.mean, b.low, b.high, b.n, check.progress.share)
+        try:
+            await self.fleet.set_status(
+                canary.name, AdapterStatus.ACTIVE if promote else AdapterStatus.SHADOW)
+        except (RegistryError, StateUnavailable) as exc:
+            logger.warning("canary %s v%d: the registry change failed (%s); trying again after "
+                           "its next item", canary.name, canary.version, exc)
+            return False
+        self.metrics.canary_decisions.labels(domain, phase.value).inc()
+        self.canary_log[domain] = self._canary_record(canary, active, check)
+        self._hand_over_canaries()
+        return True

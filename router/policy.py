@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from router.canary import in_cohort
+
 AUTO_MODEL = "auto"
 BASE_MODEL = "base"
 
@@ -60,13 +62,15 @@ class RoutingTable:
     """The registry state routing needs, as an immutable snapshot.
 
     ``adapters`` maps every servable adapter name to its domain; ``active`` maps a domain to the
-    adapter that serves it; ``base_aliases`` are names meaning the general model.
+    adapter that serves it; ``canary`` a domain to the adapter rolling out there (router.canary);
+    ``base_aliases`` are names meaning the general model.
     """
 
     domains: frozenset[str]
     adapters: Mapping[str, str] = field(default_factory=dict)
     active: Mapping[str, str] = field(default_factory=dict)
     base_aliases: frozenset[str] = frozenset({BASE_MODEL})
+    canary: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -75,6 +79,7 @@ class RouteDecision:
     adapter: str | None  # None: the general (base) model serves it
     reason: RouteReason
     confidence: float
+    canary: bool = False  # the adapter is the domain's canary (x-slm-canary)
 
 
 def decide(
@@ -84,15 +89,20 @@ def decide(
     *,
     gated: frozenset[str] = frozenset(),
     threshold: float = 0.0,
+    canary_shares: Mapping[str, float] | None = None,
+    sticky: str | None = None,
 ) -> RouteDecision:
-    """Route one request. ``gated`` holds domains the quality gate sends to the general model."""
+    """Route one request. ``gated`` holds domains the quality gate sends to the general model;
+    ``canary_shares`` the share of each domain's traffic its canary serves, the requests whose
+    ``sticky`` key falls in the canary's cohort (None: no canary for this request)."""
+    canary = _CanarySplit(canary_shares or {}, sticky)
     if model in table.base_aliases:
         return RouteDecision(None, None, RouteReason.EXPLICIT, 1.0)
     if model in table.adapters:
         # Naming an adapter is an explicit choice: it bypasses the quality gate.
         return RouteDecision(table.adapters[model], model, RouteReason.EXPLICIT, 1.0)
     if model in table.domains:
-        return _serve_domain(model, 1.0, RouteReason.EXPLICIT, table, gated)
+        return _serve_domain(model, 1.0, RouteReason.EXPLICIT, table, gated, canary)
     if model != AUTO_MODEL:
         raise UnknownModelError(model)
 
@@ -105,7 +115,8 @@ def decide(
             classification.domain, None, RouteReason.LOW_CONFIDENCE, classification.confidence
         )
     return _serve_domain(
-        classification.domain, classification.confidence, RouteReason.CLASSIFIED, table, gated
+        classification.domain, classification.confidence, RouteReason.CLASSIFIED, table, gated,
+        canary,
     )
 
 
@@ -115,7 +126,13 @@ def _serve_domain(
     reason: RouteReason,
     table: RoutingTable,
     gated: frozenset[str],
+    canary: _CanarySplit,
 ) -> RouteDecision:
+    # The canary's cohort comes first: it is served the canary whatever the active version's
+    # gate says (the canary is the candidate replacement; its own gate closed gives it share 0).
+    candidate = table.canary.get(domain)
+    if candidate is not None and canary.chooses(domain, candidate):
+        return RouteDecision(domain, candidate, reason, confidence, canary=True)
     adapter = table.active.get(domain)
     if adapter is None:
         return RouteDecision(domain, None, RouteReason.NO_ADAPTER, confidence)
@@ -124,6 +141,16 @@ def _serve_domain(
     return RouteDecision(domain, adapter, reason, confidence)
 
 
+@dataclass(frozen=True)
+class _CanarySplit:
+    shares: Mapping[str, float]
+    sticky: str | None
+
+    def chooses(self, domain: str, canary: str) -> bool:
+        share = self.shares.get(domain, 0.0)
+        return self.sticky is not None and in_cohort(self.sticky, canary, share)
+
+
 def fall_back(decision: RouteDecision, reason: RouteReason) -> RouteDecision:
     """The same decision served by the general model instead, for ``reason``."""
-    return dataclasses.replace(decision, adapter=None, reason=reason)
+    return dataclasses.replace(decision, adapter=None, reason=reason, canary=False)

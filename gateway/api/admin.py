@@ -195,6 +195,19 @@ async def promote_adapter(name: str, gateway: GatewayDep) -> dict[str, Any]:
     """Make ``name`` its domain's active adapter; the previous active one is retired."""
     return await _set_status(gateway, name, AdapterStatus.ACTIVE)
 
+@router.post("/adapters/{name}/canary")
+async def canary_adapter(name: str, gateway: GatewayDep) -> dict[str, Any]:
+    """Start a canary rollout of ``name`` (usually a shadow version): it gets
+    ``canary.initial_share`` of its domain's traffic, growing on its evidence, and is promoted or
+    rolled back (to shadow) by the shadow evaluator. One canary per domain (409 otherwise)."""
+    entry = _entry(gateway, name)
+    if entry.status is AdapterStatus.ACTIVE:
+        raise ConflictError(
+            f"Adapter '{name}' is its domain's active adapter; register a new version as the "
+            "canary instead.", param="name")
+    return await _set_status(gateway, name, AdapterStatus.CANARY)
+
+
 @router.post("/adapters/{name}/retire")
 async def retire_adapter(name: str, gateway: GatewayDep) -> dict[str, Any]:
     """Stop serving ``name`` (kept in the list for the record) and unload it everywhere."""
@@ -205,7 +218,9 @@ AdminDep = Annotated[None, Depends(require_admin)]
 
 @router.get("/quality")
 async def quality(gateway: GatewayDep) -> dict[str, Any]:
-    """The shadow evaluator's evidence per domain and the quality gate's state."""
+    """The shadow evaluator's evidence per domain, the quality gate's state and the canary
+    rollouts (``canaries``: per domain its canary's share, state and evidence, or the last one
+    decided there)."""
     gated = sorted(gateway.gate.gated)
     if gateway.shadow is None:
         return {"shadow": False, "gated": gated, "domains": {}}

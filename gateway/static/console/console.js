@@ -293,6 +293,14 @@
     } else if (d.gate !== null) {
       fact(dl, "evidence", state.shadow ? "none yet" : "shadow evaluator off");
     }
+    const c = d.canary;
+    if (c) {
+      const vs = c.delta;
+      fact(dl, `canary v${c.version}`, `${c.adapter} · ${c.state.replace("_", " ")} · share ` +
+        `${Math.round(c.share * 100)}% · vs ${c.baseline ? "active" : "general"} ` +
+        `${signed(vs.mean)}` + (vs.low === null ? "" : ` [${signed(vs.low)}, ${signed(vs.high)}]`) +
+        ` n=${vs.n}`, c.state === "rolled_back" ? "neg" : c.state === "promoted" ? "pos" : null);
+    }
     const t = state.traffic.domains[d.id];
     if (t && t.requests > 0) {
       fact(dl, "traffic", `${t.requests} requests · ${num(t.rate_per_s, 2)}/s`);

@@ -1,0 +1,178 @@
+"""The LoRA training loop and the option-likelihood check, on already-encoded examples.
+
+Kept apart from ``adapters.train`` (which reads the corpus and the prepared base) so the same
+loop runs where neither exists: ``adapters.remote_train`` ships encoded examples and the served
+4-bit weights to an accelerator machine and runs exactly this code there. Only torch and peft
+are imported, inside the functions.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from adapters.perplexity import collate
+
+ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+Encoded = tuple[list[int], list[int]]  # token ids, 0/1 mask of the answer tokens
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    rank: int = 8
+    alpha: int = 16
+    target_modules: tuple[str, ...] = ALL_LINEAR
+    first_layer: int = 15  # LoRA on layers first_layer..last: see adapters.train's docstring
+    steps: int = 48
+    batch_size: int = 8
+    learning_rate: float = 5e-4
+    warmup_steps: int = 5
+    max_tokens: int = 256
+    eval_items: int = 32
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class ChoiceItem:
+    """A multiple-choice item as the suite scores it: the chat context with the assistant turn
+    opened, then each option's tokens; the pick is by summed (``loglik``) or per-character
+    (``loglik_norm``) log-probability, as ``adapters.evaluation.scoring.pick_option``."""
+
+    context: list[int]
+    options: list[list[int]]
+    option_texts: list[str]
+    answer: int
+    method: str
+
+
+@dataclass
+class FitResult:
+    model: Any  # the peft model, in eval mode
+    trainable: list[Any]
+    layers: list[int]
+    losses: list[float] = field(default_factory=list)
+    tokens: int = 0
+
+
+def batches(examples: Sequence[Encoded], config: TrainConfig) -> list[list[Encoded]]:
+    """``config.steps`` batches: epochs of shuffled data, similar lengths batched together."""
+    rng = random.Random(config.seed)
+    out: list[list[Encoded]] = []
+    while len(out) < config.steps:
+        order = list(examples)
+        rng.shuffle(order)
+        window = config.batch_size * 8
+        epoch: list[list[Encoded]] = []
+        for start in range(0, len(order), window):
+            chunk = sorted(order[start : start + window], key=lambda e: len(e[0]))
+            epoch.extend(
+                chunk[i : i + config.batch_size] for i in range(0, len(chunk), config.batch_size)
+            )
+        rng.shuffle(epoch)
+        out.extend(epoch)
+    return out[: config.steps]
+
+
+def lr_factor(step: int, config: TrainConfig) -> float:
+    """Linear warm-up, then cosine decay to 10% of the learning rate."""
+    if step < config.warmup_steps:
+        return (step + 1) / config.warmup_steps
+    done = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * done))
+
+
+def fit_lora(
+    model: Any,
+    examples: Sequence[Encoded],
+    config: TrainConfig,
+    *,
+    pad_id: int,
+    label: str = "",
+    progress: Callable[[str], None] = lambda line: None,
+) -> FitResult:
+    """Wrap ``model`` with a fresh LoRA (layers ``first_layer``..last) and train it for
+    ``config.steps`` batches; the loss is on answer tokens only, and the vocabulary projection
+    runs only there (a fifth of the compute on CPU)."""
+    import time
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(config.seed)
+    device = next(model.parameters()).device
+    layers = list(range(config.first_layer, model.config.num_hidden_layers))
+    peft_model = get_peft_model(
+        model,
+        LoraConfig(
+            r=config.rank,
+            lora_alpha=config.alpha,
+            target_modules=list(config.target_modules),
+            layers_to_transform=layers,
+            lora_dropout=0.0,
+            task_type="CAUSAL_LM",
+        ),
+    )
+    trainable = [p for p in peft_model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=0.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, config))
+    causal_lm: Any = peft_model.base_model.model
+    decoder, head = causal_lm.model, causal_lm.lm_head
+    result = FitResult(model=peft_model, trainable=trainable, layers=layers)
+    started = time.monotonic()
+    peft_model.train()
+    for step, batch in enumerate(batches(examples, config), 1):
+        input_ids, attention, scored = (t.to(device) for t in collate(batch, pad_id))
+        hidden = decoder(input_ids=input_ids, attention_mask=attention).last_hidden_state
+        keep = scored[:, 1:]  # position t predicts token t+1
+        logits = head(hidden[:, :-1][keep]).float()
+        loss: Any = torch.nn.functional.cross_entropy(logits, input_ids[:, 1:][keep])
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        result.losses.append(round(loss.item(), 4))
+        result.tokens += int(attention.sum())
+        if step % 5 == 0 or step == config.steps:
+            elapsed = time.monotonic() - started
+            eta = elapsed / step * (config.steps - step)
+            recent = sum(result.losses[-5:]) / len(result.losses[-5:])
+            progress(
+                f"{label}step {step}/{config.steps} loss {recent:.3f} "
+                f"{result.tokens / elapsed:.0f} tok/s, ETA {eta:.0f} s"
+            )
+    peft_model.eval()
+    return result
+
+
+def option_logprobs(model: Any, item: ChoiceItem, *, pad_id: int) -> list[float]:
+    """Each option's summed log-probability after the item's context (one batch per item)."""
+    import torch
+
+    device = next(model.parameters()).device
+    rows = [(item.context + option, [0] * len(item.context) + [1] * len(option))
+            for option in item.options]
+    input_ids, attention, scored = (t.to(device) for t in collate(rows, pad_id))
+    with torch.no_grad():
+        logits = model(input_ids=input_ids, attention_mask=attention).logits[:, :-1].float()
+    logp = torch.log_softmax(logits, dim=-1)
+    target = input_ids[:, 1:]
+    token_lp = logp.gather(-1, target.unsqueeze(-1)).squeeze(-1) * scored[:, 1:]
+    return [float(v) for v in token_lp.sum(dim=1)]
+
+
+def choice_accuracy(model: Any, items: Sequence[ChoiceItem], *, pad_id: int) -> float:
+    """Share of items whose picked option is the answer (the suite's likelihood scoring)."""
+    from adapters.evaluation.scoring import pick_option
+
+    if not items:
+        return float("nan")
+    right = 0
+    for item in items:
+        logprobs = option_logprobs(model, item, pad_id=pad_id)
+        right += pick_option(logprobs, item.option_texts, item.method) == item.answer
+    return right / len(items)
