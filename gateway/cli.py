@@ -272,8 +272,9 @@ def adapter_name(domain: str) -> str:
 
 def cmd_adapters_train(args: argparse.Namespace) -> int:
     from adapters.base_model import prepare_base
+    from adapters.lora_fit import TrainConfig
     from adapters.registry import AdapterEntry, AdapterStatus, load_manifest, upsert, write_manifest
-    from adapters.train import TrainConfig, train_adapter
+    from adapters.train import train_adapter
     from router.taxonomy import load_taxonomy
 
     _setup_logging("info")
