@@ -92,3 +92,19 @@ def test_grid_is_parsed_from_steps_learning_rate_and_first_layer() -> None:
     grid = parse_grid("240:3e-4:15,600:2e-4:0")
     assert [(c.steps, c.learning_rate, c.first_layer) for c in grid] == [
         (240, 3e-4, 15), (600, 2e-4, 0)]
+
+
+def test_option_logprobs_equal_the_full_forward_pass_sums() -> None:
+    from adapters.lora_fit import option_logprobs
+
+    model = _tiny_llama()
+    item = ChoiceItem(context=[3, 4, 5], options=[[7], [8, 9, 10]], option_texts=["x", "yz"],
+                      answer=0, method="loglik")
+    expected = []
+    for option in item.options:
+        ids = torch.tensor([item.context + option])
+        with torch.no_grad():
+            logp = torch.log_softmax(model(input_ids=ids).logits[0].float(), dim=-1)
+        expected.append(sum(float(logp[len(item.context) - 1 + i, t])
+                            for i, t in enumerate(option)))
+    assert option_logprobs(model, item, pad_id=0) == pytest.approx(expected, abs=1e-4)
