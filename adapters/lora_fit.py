@@ -119,8 +119,7 @@ def fit_lora(
     trainable = [p for p in peft_model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, config))
-    causal_lm: Any = peft_model.base_model.model
-    decoder, head = causal_lm.model, causal_lm.lm_head
+    decoder, head = decoder_and_head(peft_model)
     result = FitResult(model=peft_model, trainable=trainable, layers=layers)
     started = time.monotonic()
     peft_model.train()
@@ -149,20 +148,31 @@ def fit_lora(
     return result
 
 
+def decoder_and_head(model: Any) -> tuple[Any, Any]:
+    """The decoder stack and the vocabulary projection of a causal LM, LoRA layers included
+    (peft injects them into the wrapped model's modules)."""
+    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return causal_lm.model, causal_lm.lm_head
+
+
 def option_logprobs(model: Any, item: ChoiceItem, *, pad_id: int) -> list[float]:
-    """Each option's summed log-probability after the item's context (one batch per item)."""
+    """Each option's summed log-probability after the item's context (one batch per item; the
+    vocabulary projection only at option positions)."""
     import torch
 
+    decoder, head = decoder_and_head(model)
     device = next(model.parameters()).device
     rows = [(item.context + option, [0] * len(item.context) + [1] * len(option))
             for option in item.options]
     input_ids, attention, scored = (t.to(device) for t in collate(rows, pad_id))
+    keep = scored[:, 1:]
     with torch.no_grad():
-        logits = model(input_ids=input_ids, attention_mask=attention).logits[:, :-1].float()
-    logp = torch.log_softmax(logits, dim=-1)
-    target = input_ids[:, 1:]
-    token_lp = logp.gather(-1, target.unsqueeze(-1)).squeeze(-1) * scored[:, 1:]
-    return [float(v) for v in token_lp.sum(dim=1)]
+        hidden = decoder(input_ids=input_ids, attention_mask=attention).last_hidden_state
+        logp = torch.log_softmax(head(hidden[:, :-1][keep]).float(), dim=-1)
+    token_lp = logp.gather(-1, input_ids[:, 1:][keep].unsqueeze(-1)).squeeze(-1)
+    row = torch.arange(len(rows), device=device).unsqueeze(1).expand_as(keep)[keep]
+    sums = torch.zeros(len(rows), device=device).index_add_(0, row, token_lp)
+    return [float(v) for v in sums]
 
 
 def choice_accuracy(model: Any, items: Sequence[ChoiceItem], *, pad_id: int) -> float:

@@ -225,22 +225,25 @@ def verify_bundle(bundle: Path, cache_dir: Path) -> None:
 
 
 def _held_out_perplexity(model: Any, held_out: list[Encoded], pad_id: int) -> float:
+    """Answer-token perplexity (the vocabulary projection only at answer positions)."""
     import math
 
     import torch
 
+    from adapters.lora_fit import decoder_and_head
     from adapters.perplexity import collate
 
+    decoder, head = decoder_and_head(model)
     device = next(model.parameters()).device
     nll, tokens = 0.0, 0
     with torch.no_grad():
         for start in range(0, len(held_out), 8):
             ids, attention, scored = (t.to(device) for t in collate(held_out[start:start + 8],
                                                                     pad_id))
-            logits = model(input_ids=ids, attention_mask=attention).logits[:, :-1].float()
+            hidden = decoder(input_ids=ids, attention_mask=attention).last_hidden_state
             keep = scored[:, 1:]
             nll += float(torch.nn.functional.cross_entropy(
-                logits[keep], ids[:, 1:][keep], reduction="sum"))
+                head(hidden[:, :-1][keep]).float(), ids[:, 1:][keep], reduction="sum"))
             tokens += int(keep.sum())
     return math.exp(nll / max(1, tokens))
 

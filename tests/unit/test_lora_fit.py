@@ -1,0 +1,110 @@
+"""The shared LoRA loop, the option-likelihood check and the remote-training bundle's expansion
+of the served weights (adapters/lora_fit.py, adapters/remote_train.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from adapters.lora_fit import ChoiceItem, TrainConfig, batches, choice_accuracy, fit_lora, lr_factor
+from adapters.remote_train import expand_linear, expand_q8_0, parse_grid
+
+
+def _tiny_llama() -> torch.nn.Module:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=64, tie_word_embeddings=True,
+                         initializer_range=0.5)  # logits wide enough to learn a token
+    return LlamaForCausalLM(config).eval()
+
+
+def test_batches_cover_the_requested_steps_and_group_similar_lengths() -> None:
+    examples = [([1] * n, [0] * (n - 1) + [1]) for n in range(2, 42)]
+    config = TrainConfig(steps=13, batch_size=4)
+    out = batches(examples, config)
+    assert len(out) == 13
+    assert all(1 <= len(b) <= 4 for b in out)
+    assert batches(examples, config) == out  # seeded
+
+
+def test_learning_rate_warms_up_then_decays_to_a_tenth() -> None:
+    config = TrainConfig(steps=100, warmup_steps=5)
+    assert lr_factor(0, config) == pytest.approx(0.2)
+    assert lr_factor(4, config) == pytest.approx(1.0)
+    assert lr_factor(100, config) == pytest.approx(0.1)
+
+
+def test_fit_lora_lowers_the_answer_loss_and_touches_only_the_chosen_layers() -> None:
+    model = _tiny_llama()
+    # One fact to learn: after the prompt 5 6 7 comes 9.
+    examples = [([5, 6, 7, 9], [0, 0, 0, 1])] * 8
+    config = TrainConfig(steps=30, batch_size=4, learning_rate=1e-2, warmup_steps=2,
+                         first_layer=1, rank=4, alpha=8)
+    fit = fit_lora(model, examples, config, pad_id=0)
+    assert fit.layers == [1]
+    assert fit.losses[-1] < fit.losses[0] / 2
+    names = [n for n, p in fit.model.named_parameters() if p.requires_grad]
+    assert names and all(".layers.1." in n and "lora_" in n for n in names)
+
+
+def test_choice_accuracy_picks_the_option_the_model_finds_likelier() -> None:
+    model = _tiny_llama()
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([[5, 6, 7]])).logits[0, -1]
+    likely, unlikely = int(logits.argmax()), int(logits.argmin())
+    right = ChoiceItem(context=[5, 6, 7], options=[[unlikely], [likely]],
+                       option_texts=["a", "b"], answer=1, method="loglik")
+    wrong = ChoiceItem(context=[5, 6, 7], options=[[likely], [unlikely]],
+                       option_texts=["a", "b"], answer=1, method="loglik")
+    assert choice_accuracy(model, [right], pad_id=0) == 1.0
+    assert choice_accuracy(model, [right, wrong], pad_id=0) == 0.5
+
+
+def test_bundle_expands_packed_4bit_weights_as_compressed_tensors_does() -> None:
+    from compressed_tensors.compressors import pack_to_int32
+
+    gen = torch.Generator().manual_seed(1)
+    q = torch.randint(-8, 8, (16, 64), generator=gen, dtype=torch.int8)
+    zero = torch.randint(-8, 8, (16, 2), generator=gen, dtype=torch.int8)
+    scale = (torch.rand(16, 2, generator=gen) * 0.1).to(torch.bfloat16)
+    expected = ((q.float() - zero.float().repeat_interleave(32, 1))
+                * scale.float().repeat_interleave(32, 1)).to(torch.bfloat16)
+    got = expand_linear(pack_to_int32(q, 4, packed_dim=1), scale,
+                        pack_to_int32(zero, 4, packed_dim=0), (16, 64))
+    assert torch.equal(got, expected)
+
+
+def test_bundle_expands_gguf_q8_0_blocks_as_gguf_does() -> None:
+    from gguf.quants import GGMLQuantizationType, dequantize, quantize
+
+    values = np.random.default_rng(0).standard_normal((8, 64)).astype(np.float32)
+    blocks = quantize(values, GGMLQuantizationType.Q8_0)
+    expected = torch.from_numpy(dequantize(blocks, GGMLQuantizationType.Q8_0)).to(torch.bfloat16)
+    got = expand_q8_0(torch.from_numpy(blocks.copy()).view(torch.uint8).reshape(-1), (8, 64))
+    assert torch.equal(got, expected)
+
+
+def test_grid_is_parsed_from_steps_learning_rate_and_first_layer() -> None:
+    grid = parse_grid("240:3e-4:15,600:2e-4:0")
+    assert [(c.steps, c.learning_rate, c.first_layer) for c in grid] == [
+        (240, 3e-4, 15), (600, 2e-4, 0)]
+
+
+def test_option_logprobs_equal_the_full_forward_pass_sums() -> None:
+    from adapters.lora_fit import option_logprobs
+
+    model = _tiny_llama()
+    item = ChoiceItem(context=[3, 4, 5], options=[[7], [8, 9, 10]], option_texts=["x", "yz"],
+                      answer=0, method="loglik")
+    expected = []
+    for option in item.options:
+        ids = torch.tensor([item.context + option])
+        with torch.no_grad():
+            logp = torch.log_softmax(model(input_ids=ids).logits[0].float(), dim=-1)
+        expected.append(sum(float(logp[len(item.context) - 1 + i, t])
+                            for i, t in enumerate(option)))
+    assert option_logprobs(model, item, pad_id=0) == pytest.approx(expected, abs=1e-4)
