@@ -70,6 +70,8 @@ def process(args: list[str], ready_url: str, env: dict[str, str] | None = None,
             ) -> Iterator[subprocess.Popen[bytes]]:
     """Run ``args`` (from the repository root) until the block ends, yielding the process once
     ``ready_url`` answers 200. Output goes to ``log`` (default: discarded)."""
+    if log is not None:
+        log.parent.mkdir(parents=True, exist_ok=True)  # var/ is not in a fresh clone
     out = open(log, "wb") if log is not None else subprocess.DEVNULL
     proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
