@@ -62,6 +62,7 @@ BRIEFS: dict[str, str] = {
     "eval-b": "E0: original brief (AUTHORING.md), held-out group 2",
     "eval-c": "X: busy professionals at work",
     "eval-d": "Y: learners and non-native writers",
+    "eval-e": "V: a tester's probe set (SLM-Bench shapes in own words, plain asks)",
     "eval-z": "Z: chat logs (bare answers, pronouns, abrupt switches)",
 }
 # Benchmark examples kept per domain: enough to learn the vocabulary without letting the big
