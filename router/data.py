@@ -58,10 +58,15 @@ BRIEFS: dict[str, str] = {
     "train-j": "F: task vs topic (one domain's task on another's material), data-to-text",
     "train-k": "G: messages typed on a phone (lowercase, abbreviations, no punctuation)",
     "train-l": "H: tutor/helpdesk threads, the assistant's turn carries the topic",
+    "train-m": "I: pasted material first (tweets, abstracts, clauses, statements), the ask last",
+    "train-n": "J: decoys: another domain's vocabulary in a request that belongs elsewhere",
+    "train-o": "K: code-switching, dictation, older writers, teenagers, tradespeople",
+    "train-p": "L: an app's prompt templates (labels lists, few-shot, JSON) around data set items",
     "eval-a": "E0: original brief (AUTHORING.md), held-out group 1",
     "eval-b": "E0: original brief (AUTHORING.md), held-out group 2",
     "eval-c": "X: busy professionals at work",
     "eval-d": "Y: learners and non-native writers",
+    "eval-e": "V: a tester's probe set (SLM-Bench shapes in own words, plain asks)",
     "eval-z": "Z: chat logs (bare answers, pronouns, abrupt switches)",
 }
 # Benchmark examples kept per domain: enough to learn the vocabulary without letting the big

@@ -3,8 +3,9 @@
 Held-out sets, reported separately (none of them trains, calibrates or tunes anything):
 
 * ``realistic`` — requests written independently of the training files, one table row per
-  brief (``router.data.BRIEFS``): E0 shares its brief with the oldest training files, X and Y
-  come from briefs no training file used (the targets apply to X+Y: the writer gap);
+  brief (``router.data.BRIEFS``): E0 shares its brief with the oldest training files, X, Y and
+  V come from briefs no training file used (the targets apply to them: the writer gap; X+Y is
+  kept as its own row so rounds stay comparable, V was added in round 3);
 * ``test`` — benchmark questions in the test split (disjoint from training and calibration);
 * ``conversations`` — held-out multi-turn chats (brief Z), routed by the whole conversation and,
   for comparison, by the last user turn alone;
@@ -33,7 +34,10 @@ from router.conversation import FOLLOW_UP, user_turns
 from router.data import BRIEFS, CONVERSATIONS, REALISTIC, TEST, Conversation, Example
 
 _Array = np.ndarray[Any, np.dtype[Any]]
-UNSEEN_BRIEFS = ("eval-c", "eval-d")  # held-out files whose brief no training file shares
+# Held-out files whose brief no training file shares. X and Y (eval-c, eval-d) carry the issue-14
+# target since round 1; V (eval-e, round 3) is reported on its own and in the X+Y+V row.
+UNSEEN_BRIEFS = ("eval-c", "eval-d")
+NEW_BRIEFS = ("eval-e",)
 TOP_ERRORS = 20
 
 
@@ -226,6 +230,9 @@ def evaluate(
     sets: dict[str, list[Example]] = {
         REALISTIC: realistic,
         "realistic_unseen_briefs": [e for f in UNSEEN_BRIEFS for e in by_file.get(f, [])],
+        "realistic_unseen_briefs_xyv": [
+            e for f in (*UNSEEN_BRIEFS, *NEW_BRIEFS) for e in by_file.get(f, [])
+        ],
         **{f"brief:{name}": rows for name, rows in sorted(by_file.items())},
         TEST: [e for e in corpus if e.split == TEST],
     }

@@ -59,6 +59,10 @@ def test_briefs_the_training_never_saw_have_held_out_requests_for_every_domain()
         for domain in load_taxonomy().ids:
             assert counts[domain] >= 15, (brief, domain)
         assert counts[None] >= 15, brief
+    # Round 3's held-out probe set (brief V): smaller, still every domain and outside.
+    counts = Counter(e.domain for e in authored_examples() if e.source == "authored/eval-e")
+    assert all(counts[domain] >= 10 for domain in load_taxonomy().ids), counts
+    assert counts[None] >= 20
 
 
 def test_training_chats_teach_follow_ups_and_held_out_chats_cover_both_kinds() -> None:

@@ -84,7 +84,10 @@ def test_threshold_decides_between_the_domain_and_the_general_model(
 
 def test_confidence_is_lower_for_an_ambiguous_request(classifier: DomainClassifier) -> None:
     clear = classifier.classify("Balance the chemical equation: C3H8 + O2 -> CO2 + H2O")
-    vague = classifier.classify("can you help me with this thing")
+    # Ambiguous between domains (interest rates: finance? news? one's own account?). A request
+    # with no topic at all ("can you help me with this thing") is a confident general-model
+    # answer since round 3, which is right, so it no longer tests this.
+    vague = classifier.classify("what do you think about the rates")
     assert vague.confidence < clear.confidence
 
 
