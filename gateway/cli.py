@@ -372,7 +372,7 @@ def cmd_suite_run(args: argparse.Namespace) -> int:
 
     from adapters.base_model import prepare_base
     from adapters.evaluation.render import suite_items
-    from adapters.evaluation.report import format_table, plot, save, summarise
+    from adapters.evaluation.report import format_table, merge_previous, plot, save, summarise
     from adapters.evaluation.suite import run_suite
     from adapters.registry import AdapterStatus, load_manifest
     from gateway.engine import EmbeddedEngine, EngineStartError, plan_engine
@@ -430,7 +430,10 @@ def cmd_suite_run(args: argparse.Namespace) -> int:
     finally:
         if engine is not None:
             engine.stop()
-    summary = summarise(scores, base_model, {d: name for d, (name, _) in adapters.items()})
+    names = {d: name for d, (name, _) in adapters.items()}
+    if args.merge and args.out.is_file():
+        scores, names = merge_previous(json.loads(args.out.read_text()), scores, names)
+    summary = summarise(scores, base_model, names)
     save(summary, scores, args.out)
     plot(summary, args.plot)
     print(format_table(summary))
@@ -695,6 +698,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(needs network and `pip install .[hub]`)")
     p.add_argument("--out", type=Path, default=Path("results/suite.json"))
     p.add_argument("--plot", type=Path, default=Path("results/suite.png"))
+    p.add_argument("--merge", action="store_true",
+                   help="keep the other domains' scores already in --out (re-score some domains)")
     p.set_defaults(func=cmd_suite_run)
 
     gate = sub.add_parser("gate", help="the quality gate").add_subparsers(

@@ -50,6 +50,20 @@ def summarise(
     }
 
 
+def merge_previous(
+    previous: Mapping[str, Any], scores: Sequence[ItemScore], adapters: Mapping[str, str]
+) -> tuple[list[ItemScore], dict[str, str]]:
+    """``scores`` (and the ``adapters`` that produced them) plus, for every domain they do not
+    cover, the scores and adapter names of an earlier run's saved results (``previous``)."""
+    fresh = {s.domain for s in scores}
+    kept = [ItemScore(**{**s, "option_logprobs": None if s.get("option_logprobs") is None
+                         else tuple(s["option_logprobs"])})
+            for s in previous.get("scores", []) if s["domain"] not in fresh]
+    names = {d: str(r["adapter"]) for d, r in previous.get("domains", {}).items()
+             if d not in fresh and r.get("adapter")}
+    return [*kept, *scores], {**names, **adapters}
+
+
 def _mean(values: Any) -> float | None:
     values = [v for v in values if v is not None]
     return round(sum(values) / len(values), 4) if values else None

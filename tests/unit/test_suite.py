@@ -14,7 +14,7 @@ import pytest
 from adapters.corpus import TEST, TRAIN, domain_items
 from adapters.evaluation.items import SuiteItem, load_suite
 from adapters.evaluation.render import suite_items
-from adapters.evaluation.report import format_table, summarise
+from adapters.evaluation.report import format_table, merge_previous, save, summarise
 from adapters.evaluation.suite import (
     ItemScore,
     Preempted,
@@ -147,6 +147,25 @@ def test_summary_pairs_specialized_and_general_on_the_same_items() -> None:
     assert summary["adapters_better"] == 1 and "delta" not in summary["domains"]["news"]
     table = format_table(summary)
     assert "| legal | 10 | 0.500 [" in table and "(no adapter)" in table
+
+
+def test_rescoring_some_domains_keeps_the_other_domains_of_the_saved_run(tmp_path: Any) -> None:
+    import json
+
+    old = [score(str(i), "base", 0.0) for i in range(4)]
+    old += [score(str(i), "legal-lora", 0.0) for i in range(4)]
+    old += [score(str(i), "base", 0.0, domain="news") for i in range(4)]
+    old += [score(str(i), "news-lora", 1.0, domain="news") for i in range(4)]
+    path = tmp_path / "suite.json"
+    save(summarise(old, "base", {"legal": "legal-lora", "news": "news-lora"}), old, path)
+    new = [score(str(i), "base", 0.0) for i in range(4)]
+    new += [score(str(i), "legal-lora", 1.0) for i in range(4)]
+    scores, names = merge_previous(json.loads(path.read_text()), new,
+                                   {"legal": "legal-lora"})
+    summary = summarise(scores, "base", names)
+    assert summary["domains"]["legal"]["delta"]["mean"] == 1.0  # the new legal scores
+    assert summary["domains"]["news"]["delta"]["mean"] == 1.0  # news kept from the file
+    assert len(scores) == 16
 
 
 async def test_a_call_is_abandoned_as_soon_as_preempt_fires() -> None:
