@@ -372,8 +372,10 @@ def run_bundle(bundle: Path, out: Path, domains: list[str] | None, workers: int,
 
 
 def import_results(results_dir: Path, manifest: Path, published: Path) -> None:
-    """Each chosen adapter becomes its domain's next active version; the previous active
-    version is retired (kept in the manifest and on disk for the record)."""
+    """Each chosen adapter becomes the next version of its domain's adapter, active: the
+    manifest keeps one entry per name (as ``adapters train --new-version``), the previous
+    version's files stay on disk for the record. A domain whose published adapter won on calib
+    is left as it is."""
     from peft import LoraConfig
 
     from adapters.corpus import TRAIN, domain_items
@@ -430,9 +432,6 @@ def import_results(results_dir: Path, manifest: Path, published: Path) -> None:
             device=f"{result['device']} ({result['device_name']})",
             loss_curve=chosen["loss_curve"])
         (target / RECORD_FILE).write_text(json.dumps(asdict(record), indent=2))
-        for old in versions:
-            if old.status == AdapterStatus.ACTIVE:
-                entries = upsert(entries, old.model_copy(update={"status": AdapterStatus.RETIRED}))
         base_id = summary["base"]["base_id"]
         entries = upsert(entries, AdapterEntry(
             name=name, domain=domain, path=target.resolve(), version=version,
