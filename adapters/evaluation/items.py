@@ -67,6 +67,15 @@ def load_suite(domains: Sequence[str] | None = None,
     """The suite (:func:`adapters.evaluation.render.suite_items`), rendered in a child process
     (spawned: no copy of the caller's threads or event loop) so that the caller never imports
     the corpus. Blocks for the render: call it off the event loop."""
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+    with render_pool() as pool:
         return pool.submit(_render, domains, per_domain).result()
+
+
+def render_pool() -> ProcessPoolExecutor:
+    """One spawned worker that ends with its parent, however the parent ends: a gateway killed
+    while the suite renders must not leave the worker waiting for work forever (seen in the
+    scale-out tests: an instance killed during its render left an orphan)."""
+    from router.lifeline import exit_with_parent  # standard library only, like this module
+
+    return ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=exit_with_parent)

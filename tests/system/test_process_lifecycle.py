@@ -86,3 +86,28 @@ def test_serve_killed_with_sigkill_leaves_no_child_process(
     # The worker notices it was re-parented within a second and exits; the resource tracker
     # ends when its last user is gone.
     assert _gone(children, timeout_s=20) == []
+
+
+def test_the_suite_render_worker_ends_when_its_owner_is_killed() -> None:
+    """The gateway renders the suite in a spawned worker (adapters.evaluation.items): killed
+    mid-render, the gateway must not leave that worker waiting for work forever."""
+    owner_code = (
+        "import time\n"
+        "from adapters.evaluation.items import render_pool\n"
+        "pool = render_pool()\n"
+        "pool.submit(time.sleep, 0).result()  # the worker is up\n"
+        "print(flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    owner = psutil.Popen([sys.executable, "-c", owner_code], stdout=subprocess.PIPE)
+    try:
+        assert owner.stdout is not None and owner.stdout.readline() == b"\n"
+        workers = [p for p in owner.children(recursive=True)
+                   if "spawn_main" in " ".join(p.cmdline())]
+        assert workers, "no render worker found"
+        owner.send_signal(signal.SIGKILL)
+        owner.wait(timeout=10)
+        assert _gone(workers, timeout_s=15) == []
+    finally:
+        if owner.is_running():
+            owner.kill()
