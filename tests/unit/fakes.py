@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
@@ -12,6 +13,16 @@ import httpx
 from loadtests.fake_upstream import response_not_found, responses_answer, responses_events
 from router.classifier import BatchResult
 from router.policy import Classification
+
+
+def wait_for(predicate: Callable[[], bool], what: str, timeout_s: float = 15.0) -> None:
+    """Poll ``predicate`` (background loops such as the shadow evaluator's) until it holds."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
 
 
 @dataclass

@@ -4,8 +4,6 @@ better, worse or the same as the active version."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -22,7 +20,7 @@ from gateway.settings import Settings
 from gateway.state.memory import MemoryState
 from router.canary import in_cohort
 from tests.unit.conftest import make_adapter_dir
-from tests.unit.fakes import FakeVllm, ScriptedClassifier
+from tests.unit.fakes import FakeVllm, ScriptedClassifier, wait_for
 
 ADMIN = {"authorization": "Bearer admin-secret"}
 GENERAL = "SmolLM2-135M-Instruct"
@@ -33,15 +31,6 @@ def mc_item(i: int) -> SuiteItem:
     return SuiteItem(id=f"t/{i}", domain="legal", source="t", task="multiple_choice",
                      prompt=f"Question {i}?\nOptions: right | wrong\nAnswer with one.",
                      choices=("right", "wrong"), answer="right", metric="accuracy")
-
-
-def wait_for(predicate: Callable[[], bool], what: str, timeout_s: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def user_at(share: float, inside: bool) -> str:

@@ -108,3 +108,21 @@ def test_option_logprobs_equal_the_full_forward_pass_sums() -> None:
         expected.append(sum(float(logp[len(item.context) - 1 + i, t])
                             for i, t in enumerate(option)))
     assert option_logprobs(model, item, pad_id=0) == pytest.approx(expected, abs=1e-4)
+
+
+def test_answer_perplexity_equals_the_full_forward_pass() -> None:
+    from adapters.perplexity import Perplexity, answer_perplexity
+
+    model = _tiny_llama()
+    encoded = [([3, 4, 5, 6, 7], [0, 0, 0, 1, 1]), ([8, 9, 10], [0, 1, 1])]
+    nll, tokens = 0.0, 0
+    for ids, mask in encoded:
+        with torch.no_grad():
+            logp = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0].float(), -1)
+        for t in range(1, len(ids)):
+            if mask[t]:
+                nll -= float(logp[t - 1, ids[t]])
+                tokens += 1
+    got = answer_perplexity(model, encoded, pad_id=0)
+    assert got.tokens == tokens
+    assert got.value == pytest.approx(Perplexity(nll=nll / tokens, tokens=tokens).value, rel=1e-4)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,7 +20,7 @@ from gateway.metrics import Metrics
 from gateway.settings import Settings
 from gateway.shadow import ShadowBudget
 from tests.unit.conftest import make_adapter_dir
-from tests.unit.fakes import FakeVllm, ScriptedClassifier
+from tests.unit.fakes import FakeVllm, ScriptedClassifier, wait_for
 
 ADMIN = {"authorization": "Bearer admin-secret"}
 
@@ -109,15 +109,6 @@ def shadow_client(settings: Settings, fake: FakeVllm, metrics: Metrics, judge: J
                   tmp_path: Path) -> Iterator[TestClient]:
     with shadow_app(settings, fake, metrics, tmp_path / "pairs.jsonl") as client:
         yield client
-
-
-def wait_for(predicate: Callable[[], bool], what: str, timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def quality(client: TestClient) -> dict[str, object]:

@@ -5,8 +5,7 @@ a successor, gate verdicts by version, and two apps converging through one in-pr
 from __future__ import annotations
 
 import random
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack
 from typing import Any
 
@@ -25,7 +24,7 @@ from gateway.state.lease import Leadership
 from gateway.state.memory import MemoryState
 from router.policy import RoutingTable
 from tests.unit.conftest import make_adapter_dir
-from tests.unit.fakes import FakeVllm
+from tests.unit.fakes import FakeVllm, wait_for
 
 ADMIN = {"authorization": "Bearer admin-secret"}
 
@@ -147,15 +146,6 @@ def two_instances(settings: Settings, fake: FakeVllm) -> Iterator[tuple[TestClie
             create_app(settings, transport=fake.transport(), metrics=Metrics(), state=state),
             raise_server_exceptions=False)) for _ in range(2)]
         yield clients[0], clients[1], state
-
-
-def wait_for(predicate: Callable[[], bool], what: str, timeout_s: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def statuses(client: TestClient) -> dict[str, str]:
