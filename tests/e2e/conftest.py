@@ -118,11 +118,16 @@ def vllm(base_model: Path) -> Iterator[Vllm]:
 
 
 @pytest.fixture(scope="session")
-def gateway(vllm: Vllm, adapter_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
-            ) -> Iterator[GatewayProcess]:
-    # Train (or load) the domain classifier here, with the shared cache, so the gateway process
-    # only loads it: on a fresh machine training takes about two minutes.
-    load_or_train(load_taxonomy(), ROOT / ".cache" / "router", progress=lambda message: None)
+def domain_classifier() -> None:
+    """Train (or load) the domain classifier here, into the shared cache, so a gateway process
+    started with the classifier on only loads it. On a fresh machine training takes minutes,
+    longer than a gateway's readiness timeout (CI failed on exactly that)."""
+    load_or_train(load_taxonomy(), CACHE / "router", progress=lambda message: None)
+
+
+@pytest.fixture(scope="session")
+def gateway(vllm: Vllm, adapter_dirs: dict[str, Path], domain_classifier: None,
+            tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
     config = {
         "upstream": {"urls": [vllm.url]},
         "shadow": {"enabled": False},  # these tests are about serving; shadow has its own

@@ -44,7 +44,8 @@ def rules(kind: str) -> list[dict[str, str]]:
 
 
 @pytest.fixture(scope="module")
-def gateway_url(vllm: Vllm, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def gateway_url(vllm: Vllm, domain_classifier: None,
+                tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     config = {
         "admin_token": TOKEN,
         "upstream": {"urls": [vllm.url]},
