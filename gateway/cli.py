@@ -409,10 +409,9 @@ def cmd_suite_run(args: argparse.Namespace) -> int:
             prepare_base(engine_settings.cache_dir, quantization=plan.choice.quantization).path,
             base_model, plan=plan)
     started = time.monotonic()
-    step = max(1, (len(items) + len(adapters) * args.limit) // 40)
 
     def progress(done: int, total: int) -> None:
-        if done % step == 0 or done == total:
+        if done % max(1, total // 40) == 0 or done == total:  # about 40 lines a run
             elapsed = time.monotonic() - started
             logger.info("suite: %d/%d scored, %.0f s, ETA %.0f s", done, total, elapsed,
                         elapsed / done * (total - done))
