@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +34,13 @@ class TrainConfig:
     max_tokens: int = 256
     eval_items: int = 32
     seed: int = 0
+    # Weight of the multiple-choice loss (0: answer tokens only). With w > 0 every step also
+    # takes ``choice_batch`` training multiple-choice items and adds w x the cross-entropy of
+    # the option scores the suite picks by (summed or per-character log-likelihood): the
+    # answer-token loss alone raises the right option's likelihood but never lowers the wrong
+    # ones', and the suite compares exactly those.
+    choice_weight: float = 0.0
+    choice_batch: int = 8
 
 
 @dataclass(frozen=True)
@@ -55,6 +62,7 @@ class FitResult:
     trainable: list[Any]
     layers: list[int]
     losses: list[float] = field(default_factory=list)
+    choice_losses: list[float] = field(default_factory=list)  # the multiple-choice part, if any
     tokens: int = 0
 
 
@@ -91,12 +99,14 @@ def fit_lora(
     config: TrainConfig,
     *,
     pad_id: int,
+    choice_items: Sequence[ChoiceItem] = (),
     label: str = "",
     progress: Callable[[str], None] = lambda line: None,
 ) -> FitResult:
     """Wrap ``model`` with a fresh LoRA (layers ``first_layer``..last) and train it for
-    ``config.steps`` batches; the loss is on answer tokens only, and the vocabulary projection
-    runs only there (a fifth of the compute on CPU)."""
+    ``config.steps`` batches; the loss is on answer tokens, and the vocabulary projection runs
+    only there (a fifth of the compute on CPU). With ``config.choice_weight`` > 0 the
+    multiple-choice loss over ``choice_items`` (training split) is added."""
     import time
 
     import torch
@@ -119,6 +129,9 @@ def fit_lora(
     trainable = [p for p in peft_model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, config))
+    if config.choice_weight > 0 and not choice_items:
+        raise ValueError("choice_weight > 0 needs training multiple-choice items")
+    choices = choice_batches(choice_items, config) if config.choice_weight > 0 else None
     decoder, head = decoder_and_head(peft_model)
     result = FitResult(model=peft_model, trainable=trainable, layers=layers)
     started = time.monotonic()
@@ -129,6 +142,16 @@ def fit_lora(
         keep = scored[:, 1:]  # position t predicts token t+1
         logits = head(hidden[:, :-1][keep]).float()
         loss: Any = torch.nn.functional.cross_entropy(logits, input_ids[:, 1:][keep])
+        if choices is not None:
+            picked = next(choices)
+            keys = [choice_keys(sums, item)
+                    for sums, item in zip(option_sums(decoder, head, picked, pad_id), picked,
+                                          strict=True)]
+            choice_loss = torch.stack([
+                torch.nn.functional.cross_entropy(k.unsqueeze(0), k.new_tensor([i.answer]).long())
+                for k, i in zip(keys, picked, strict=True)]).mean()
+            result.choice_losses.append(round(choice_loss.item(), 4))
+            loss = loss + config.choice_weight * choice_loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         optimizer.step()
@@ -140,31 +163,62 @@ def fit_lora(
             elapsed = time.monotonic() - started
             eta = elapsed / step * (config.steps - step)
             recent = sum(result.losses[-5:]) / len(result.losses[-5:])
+            choice = (f" (choice {sum(result.choice_losses[-5:]) / 5:.3f})"
+                      if result.choice_losses else "")
             progress(
-                f"{label}step {step}/{config.steps} loss {recent:.3f} "
+                f"{label}step {step}/{config.steps} loss {recent:.3f}{choice} "
                 f"{result.tokens / elapsed:.0f} tok/s, ETA {eta:.0f} s"
             )
     peft_model.eval()
     return result
 
 
+def choice_batches(items: Sequence[ChoiceItem], config: TrainConfig) -> Iterator[list[ChoiceItem]]:
+    """Endless batches of ``config.choice_batch`` items, epochs shuffled (seeded)."""
+    rng = random.Random(config.seed + 1)
+    while True:
+        order = list(items)
+        rng.shuffle(order)
+        for start in range(0, len(order), config.choice_batch):
+            yield order[start : start + config.choice_batch]
+
+
+def option_sums(decoder: Any, head: Any, items: Sequence[ChoiceItem], pad_id: int) -> list[Any]:
+    """Per item, a tensor of each option's summed log-probability after the item's context: all
+    options of all ``items`` in one forward pass, the vocabulary projection only at option
+    positions. Differentiable (the caller decides about ``no_grad``)."""
+    import torch
+
+    device = next(head.parameters()).device
+    rows = [(item.context + option, [0] * len(item.context) + [1] * len(option))
+            for item in items for option in item.options]
+    input_ids, attention, scored = (t.to(device) for t in collate(rows, pad_id))
+    keep = scored[:, 1:]
+    hidden = decoder(input_ids=input_ids, attention_mask=attention).last_hidden_state
+    logp = torch.log_softmax(head(hidden[:, :-1][keep]).float(), dim=-1)
+    token_lp = logp.gather(-1, input_ids[:, 1:][keep].unsqueeze(-1)).squeeze(-1)
+    row = torch.arange(len(rows), device=device).unsqueeze(1).expand_as(keep)[keep]
+    sums = torch.zeros(len(rows), device=device).index_add(0, row, token_lp)
+    return list(torch.split(sums, [len(item.options) for item in items]))
+
+
+def choice_keys(sums: Any, item: ChoiceItem) -> Any:
+    """What the suite compares options by (``pick_option``): the summed log-probability, or per
+    character of the option text for ``loglik_norm``."""
+    from adapters.evaluation.scoring import LOGLIK_NORM
+
+    if item.method != LOGLIK_NORM:
+        return sums
+    return sums / sums.new_tensor([max(1, len(t)) for t in item.option_texts])
+
+
 def option_logprobs(model: Any, item: ChoiceItem, *, pad_id: int) -> list[float]:
-    """Each option's summed log-probability after the item's context (one batch per item; the
-    vocabulary projection only at option positions)."""
+    """Each option's summed log-probability after the item's context."""
     import torch
 
     decoder, head = decoder_and_head(model)
-    device = next(model.parameters()).device
-    rows = [(item.context + option, [0] * len(item.context) + [1] * len(option))
-            for option in item.options]
-    input_ids, attention, scored = (t.to(device) for t in collate(rows, pad_id))
-    keep = scored[:, 1:]
     with torch.no_grad():
-        hidden = decoder(input_ids=input_ids, attention_mask=attention).last_hidden_state
-        logp = torch.log_softmax(head(hidden[:, :-1][keep]).float(), dim=-1)
-    token_lp = logp.gather(-1, input_ids[:, 1:][keep].unsqueeze(-1)).squeeze(-1)
-    row = torch.arange(len(rows), device=device).unsqueeze(1).expand_as(keep)[keep]
-    sums = torch.zeros(len(rows), device=device).index_add_(0, row, token_lp)
+        (sums,) = option_sums(decoder, head, [item], pad_id)
     return [float(v) for v in sums]
 
 

@@ -45,8 +45,9 @@ CONFIG_FILE = "config.json"
 RESULTS_FILE = "remote_train.json"
 CHOICE_ITEMS = 200  # calib multiple-choice items scored per configuration and domain
 
-# The grid: the recipe the CPU adapters were trained with first, then longer runs and LoRA on
-# every layer. Chosen per domain on the calib split.
+# The grid: the recipe the CPU adapters were trained with first, then longer runs, LoRA on
+# every layer, and the multiple-choice loss (``choice_weight``) on top of the answer loss.
+# Chosen per domain on the calib split.
 GRID: tuple[TrainConfig, ...] = (
     TrainConfig(steps=48, learning_rate=5e-4, first_layer=15),
     TrainConfig(steps=200, learning_rate=5e-4, first_layer=15),
@@ -54,11 +55,14 @@ GRID: tuple[TrainConfig, ...] = (
     TrainConfig(steps=200, learning_rate=5e-4, first_layer=0),
     TrainConfig(steps=600, learning_rate=3e-4, first_layer=0),
     TrainConfig(steps=1000, learning_rate=2e-4, first_layer=0),
+    TrainConfig(steps=200, learning_rate=5e-4, first_layer=15, choice_weight=1.0),
+    TrainConfig(steps=600, learning_rate=3e-4, first_layer=0, choice_weight=1.0),
 )
 
 
 def config_id(config: TrainConfig) -> str:
-    return f"s{config.steps}-lr{config.learning_rate:g}-l{config.first_layer}"
+    choice = f"-c{config.choice_weight:g}" if config.choice_weight > 0 else ""
+    return f"s{config.steps}-lr{config.learning_rate:g}-l{config.first_layer}{choice}"
 
 
 # --- the 4-bit checkpoint, expanded without compressed-tensors ---------------------------------
@@ -192,14 +196,17 @@ def export_bundle(domains: list[str], out: Path, cache_dir: Path) -> None:
         held_out = [encode_conversation(tokenizer, i.messages(), max_tokens=512)
                     for i in calib[: config.eval_items]]
         choices = [i for i in calib if i.task == MULTIPLE_CHOICE][:CHOICE_ITEMS]
+        train_choices = [i for i in train_items if i.task == MULTIPLE_CHOICE]
         data["domains"][domain] = {
             "train": encode_examples(tokenizer, train_items, config.max_tokens),
             "train_items": len(train_items),
+            "train_choices": _choice_items(tokenizer, train_choices),  # the choice loss
             "held_out": held_out,
             "choices": _choice_items(tokenizer, choices),
         }
-        logger.info("%s: %d training examples, %d calib choice items", domain,
-                    len(data["domains"][domain]["train"]), len(choices))
+        logger.info("%s: %d training examples (%d multiple choice), %d calib choice items",
+                    domain, len(data["domains"][domain]["train"]), len(train_choices),
+                    len(choices))
     with gzip.open(out / DATA_FILE, "wt") as fh:
         json.dump(data, fh)
 
@@ -242,6 +249,10 @@ def _run_domain(job: Job) -> dict[str, Any]:
     train = [(ids, mask) for ids, mask in spec["train"]]
     held_out = [(ids, mask) for ids, mask in spec["held_out"]]
     choices = [ChoiceItem(**c) for c in spec["choices"]][:max_choices]
+    train_choices = [ChoiceItem(**c) for c in spec.get("train_choices", [])]
+    if any(c.choice_weight > 0 for c in grid) and "train_choices" not in spec:
+        raise SystemExit(f"{data_path}: no training choice items (a bundle exported before "
+                         "the choice loss): export it again")
     device = "cuda" if torch.cuda.is_available() else "cpu"
 
     def fresh() -> Any:
@@ -269,7 +280,7 @@ def _run_domain(job: Job) -> dict[str, Any]:
     del base
     for config in grid:
         started = time.monotonic()
-        fit = fit_lora(fresh(), train, config, pad_id=pad_id,
+        fit = fit_lora(fresh(), train, config, pad_id=pad_id, choice_items=train_choices,
                        label=f"{domain} {config_id(config)}: ",
                        progress=lambda line: print(line, flush=True))
         accuracy = choice_accuracy(fit.model, choices, pad_id=pad_id)
@@ -279,6 +290,7 @@ def _run_domain(job: Job) -> dict[str, Any]:
                  "calib_accuracy": round(accuracy, 4),
                  "perplexity": ppl(fit.model),
                  "train_loss": round(sum(fit.losses[-10:]) / len(fit.losses[-10:]), 4),
+                 "choice_weight": config.choice_weight,
                  "loss_curve": fit.losses, "seconds": round(time.monotonic() - started, 1)}
         trials.append(trial)
         print(json.dumps({"domain": domain, **{k: v for k, v in trial.items()
@@ -301,11 +313,17 @@ def _run_domain(job: Job) -> dict[str, Any]:
 
 
 def parse_grid(text: str) -> tuple[TrainConfig, ...]:
-    """``"240:3e-4:15,600:2e-4:0"``: steps, learning rate, first LoRA layer per configuration."""
+    """``"240:3e-4:15,600:2e-4:0:1"``: steps, learning rate, first LoRA layer and optionally the
+    multiple-choice loss weight, per configuration."""
     grid = []
     for spec in text.split(","):
-        steps, lr, first = spec.split(":")
-        grid.append(TrainConfig(steps=int(steps), learning_rate=float(lr), first_layer=int(first)))
+        fields = spec.split(":")
+        if len(fields) not in (3, 4):
+            raise ValueError(f"{spec!r}: expected steps:lr:first_layer[:choice_weight]")
+        steps, lr, first = fields[:3]
+        choice = float(fields[3]) if len(fields) == 4 else 0.0
+        grid.append(TrainConfig(steps=int(steps), learning_rate=float(lr),
+                                first_layer=int(first), choice_weight=choice))
     return tuple(grid)
 
 
@@ -316,7 +334,9 @@ def run_bundle(bundle: Path, out: Path, domains: list[str] | None, workers: int,
     ``published``: score each domain's current adapter (``<published>/<domain>-lora/v*``,
     the newest) as one more trial."""
     if smoke:
-        grid, choice_items = (TrainConfig(steps=2, warmup_steps=1),), 5
+        grid = (TrainConfig(steps=2, warmup_steps=1),
+                TrainConfig(steps=2, warmup_steps=1, choice_weight=1.0, choice_batch=2))
+        choice_items = 5
     checkpoint = write_dense_checkpoint(bundle, out / "base")
     with gzip.open(bundle / DATA_FILE, "rt") as fh:
         data = json.load(fh)
@@ -435,7 +455,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--domains", default=None)
     p.add_argument("--workers", type=int, default=10)
     p.add_argument("--grid", type=parse_grid, default=GRID,
-                   help="steps:lr:first_layer,... (default: the module's GRID)")
+                   help="steps:lr:first_layer[:choice_weight],... (default: the module's GRID)")
     p.add_argument("--choice-items", type=int, default=CHOICE_ITEMS)
     p.add_argument("--published", type=Path, default=None,
                    help="score each domain's published adapter as one more trial")

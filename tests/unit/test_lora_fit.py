@@ -88,10 +88,55 @@ def test_bundle_expands_gguf_q8_0_blocks_as_gguf_does() -> None:
     assert torch.equal(got, expected)
 
 
-def test_grid_is_parsed_from_steps_learning_rate_and_first_layer() -> None:
-    grid = parse_grid("240:3e-4:15,600:2e-4:0")
-    assert [(c.steps, c.learning_rate, c.first_layer) for c in grid] == [
-        (240, 3e-4, 15), (600, 2e-4, 0)]
+def test_grid_is_parsed_from_steps_learning_rate_first_layer_and_choice_weight() -> None:
+    grid = parse_grid("240:3e-4:15,600:2e-4:0:0.5")
+    assert [(c.steps, c.learning_rate, c.first_layer, c.choice_weight) for c in grid] == [
+        (240, 3e-4, 15, 0.0), (600, 2e-4, 0, 0.5)]
+    with pytest.raises(ValueError, match="steps:lr:first_layer"):
+        parse_grid("240:3e-4")
+
+
+def _two_way_items(model: torch.nn.Module) -> list[ChoiceItem]:
+    """Items whose right option is the one the untrained model finds least likely."""
+    items = []
+    for context in ([5, 6, 7], [9, 10, 11], [20, 21, 22]):
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([context])).logits[0, -1]
+        likely, unlikely = int(logits.argmax()), int(logits.argmin())
+        items.append(ChoiceItem(context=context, options=[[likely], [unlikely]],
+                                option_texts=["a", "b"], answer=1, method="loglik"))
+    return items
+
+
+def test_the_choice_loss_teaches_the_option_the_suite_should_pick() -> None:
+    model = _tiny_llama()
+    items = _two_way_items(model)
+    assert choice_accuracy(model, items, pad_id=0) == 0.0
+    # Answer-token examples about something else: alone they do not move these items.
+    unrelated = [([30, 31, 32, 33], [0, 0, 0, 1])] * 8
+    config = TrainConfig(steps=40, batch_size=4, learning_rate=1e-2, warmup_steps=2,
+                         first_layer=0, rank=4, alpha=8, choice_weight=1.0, choice_batch=3)
+    fit = fit_lora(model, unrelated, config, pad_id=0, choice_items=items)
+    assert len(fit.choice_losses) == 40
+    assert fit.choice_losses[-1] < fit.choice_losses[0] / 2
+    assert choice_accuracy(fit.model, items, pad_id=0) == 1.0
+
+
+def test_a_choice_weight_without_choice_items_is_refused() -> None:
+    config = TrainConfig(steps=2, choice_weight=1.0)
+    with pytest.raises(ValueError, match="multiple-choice items"):
+        fit_lora(_tiny_llama(), [([5, 6, 7, 9], [0, 0, 0, 1])], config, pad_id=0)
+
+
+def test_choice_keys_are_per_character_for_normalised_items() -> None:
+    from adapters.lora_fit import choice_keys
+
+    sums = torch.tensor([-4.0, -6.0])
+    norm = ChoiceItem(context=[1], options=[[2], [3]], option_texts=["ab", "abcdef"], answer=0,
+                      method="loglik_norm")
+    plain = ChoiceItem(**{**norm.__dict__, "method": "loglik"})
+    assert choice_keys(sums, norm).tolist() == [-2.0, -1.0]  # the longer option wins per char
+    assert choice_keys(sums, plain).tolist() == [-4.0, -6.0]
 
 
 def test_option_logprobs_equal_the_full_forward_pass_sums() -> None:
