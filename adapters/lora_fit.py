@@ -163,8 +163,8 @@ def fit_lora(
             elapsed = time.monotonic() - started
             eta = elapsed / step * (config.steps - step)
             recent = sum(result.losses[-5:]) / len(result.losses[-5:])
-            choice = (f" (choice {sum(result.choice_losses[-5:]) / 5:.3f})"
-                      if result.choice_losses else "")
+            last = result.choice_losses[-5:]
+            choice = f" (choice {sum(last) / len(last):.3f})" if last else ""
             progress(
                 f"{label}step {step}/{config.steps} loss {recent:.3f}{choice} "
                 f"{result.tokens / elapsed:.0f} tok/s, ETA {eta:.0f} s"
