@@ -205,11 +205,9 @@ def option_sums(decoder: Any, head: Any, items: Sequence[ChoiceItem], pad_id: in
 def choice_keys(sums: Any, item: ChoiceItem) -> Any:
     """What the suite compares options by (``pick_option``): the summed log-probability, or per
     character of the option text for ``loglik_norm``."""
-    from adapters.evaluation.scoring import LOGLIK_NORM
+    from adapters.evaluation.scoring import option_divisors
 
-    if item.method != LOGLIK_NORM:
-        return sums
-    return sums / sums.new_tensor([max(1, len(t)) for t in item.option_texts])
+    return sums / sums.new_tensor(option_divisors(item.option_texts, item.method))
 
 
 def option_logprobs(model: Any, item: ChoiceItem, *, pad_id: int) -> list[float]:

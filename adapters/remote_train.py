@@ -250,9 +250,6 @@ def _run_domain(job: Job) -> dict[str, Any]:
     held_out = [(ids, mask) for ids, mask in spec["held_out"]]
     choices = [ChoiceItem(**c) for c in spec["choices"]][:max_choices]
     train_choices = [ChoiceItem(**c) for c in spec.get("train_choices", [])]
-    if any(c.choice_weight > 0 for c in grid) and "train_choices" not in spec:
-        raise SystemExit(f"{data_path}: no training choice items (a bundle exported before "
-                         "the choice loss): export it again")
     device = "cuda" if torch.cuda.is_available() else "cpu"
 
     def fresh() -> Any:
@@ -337,10 +334,16 @@ def run_bundle(bundle: Path, out: Path, domains: list[str] | None, workers: int,
         grid = (TrainConfig(steps=2, warmup_steps=1),
                 TrainConfig(steps=2, warmup_steps=1, choice_weight=1.0, choice_batch=2))
         choice_items = 5
-    checkpoint = write_dense_checkpoint(bundle, out / "base")
     with gzip.open(bundle / DATA_FILE, "rt") as fh:
         data = json.load(fh)
     wanted = domains or list(data["domains"])
+    # Checked here, not in the pool: a worker that raises SystemExit dies without a result and
+    # the pool waits for it forever.
+    if any(c.choice_weight > 0 for c in grid) and any(
+            "train_choices" not in data["domains"][d] for d in wanted):
+        raise SystemExit(f"{bundle}: no training choice items (a bundle exported before the "
+                         "choice loss): export it again")
+    checkpoint = write_dense_checkpoint(bundle, out / "base")
     adapters_dir = out / "adapters"
     adapters_dir.mkdir(parents=True, exist_ok=True)
     def current(domain: str) -> str:

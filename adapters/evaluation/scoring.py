@@ -107,18 +107,24 @@ def likelihood_method(source: str) -> str:
     return LOGLIK_NORM if source in NORMALISED_SOURCES else LOGLIK
 
 
+def option_divisors(options: Sequence[str], method: str) -> list[float]:
+    """What each option's summed log-probability is divided by before options are compared: 1
+    (``loglik``) or the option's length in characters (``loglik_norm``, lm-eval's acc_norm).
+    The one place that convention lives: the suite picks by it, adapter training learns it."""
+    if method == LOGLIK_NORM:
+        return [float(max(1, len(option))) for option in options]
+    if method == LOGLIK:
+        return [1.0] * len(options)
+    raise ValueError(f"{method!r} is not a likelihood method")
+
+
 def pick_option(logprobs: Sequence[float], options: Sequence[str], method: str) -> int:
     """The option a model picks from each option's summed log-probability: the highest sum
     (``loglik``) or the highest sum per character of the option (``loglik_norm``, lm-eval's
     acc_norm). Ties go to the first option."""
     if len(logprobs) != len(options) or not options:
         raise ValueError("one log-probability per option, at least one option")
-    if method == LOGLIK_NORM:
-        keys = [lp / max(1, len(option)) for lp, option in zip(logprobs, options, strict=True)]
-    elif method == LOGLIK:
-        keys = list(logprobs)
-    else:
-        raise ValueError(f"{method!r} is not a likelihood method")
+    keys = [lp / d for lp, d in zip(logprobs, option_divisors(options, method), strict=True)]
     return max(range(len(keys)), key=keys.__getitem__)
 
 

@@ -3,6 +3,8 @@ of the served weights (adapters/lora_fit.py, adapters/remote_train.py)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -134,7 +136,7 @@ def test_choice_keys_are_per_character_for_normalised_items() -> None:
     sums = torch.tensor([-4.0, -6.0])
     norm = ChoiceItem(context=[1], options=[[2], [3]], option_texts=["ab", "abcdef"], answer=0,
                       method="loglik_norm")
-    plain = ChoiceItem(**{**norm.__dict__, "method": "loglik"})
+    plain = dataclasses.replace(norm, method="loglik")
     assert choice_keys(sums, norm).tolist() == [-2.0, -1.0]  # the longer option wins per char
     assert choice_keys(sums, plain).tolist() == [-4.0, -6.0]
 
