@@ -33,6 +33,7 @@ import platform
 import sys
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import aiohttp
@@ -238,6 +239,7 @@ def main() -> None:
               f"{s['p99_ms']:>8.2f}{s.get('classify_p50_ms', 0):>9.3f}"
               f"{s.get('classify_p99_ms', 0):>9.3f}  {stages or ''}")
     report = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                     "python": platform.python_version()},
         "settings": vars(args) | {"out": str(args.out)},
