@@ -10,6 +10,7 @@
     slm-gateway classify       JSON lines {"text": ...} or {"messages": [...]} in,
                                {"domain", "confidence", "route"} out
     slm-gateway router train   train (or load) the domain classifier for the configured taxonomy
+    slm-gateway router tune    retrain the router's MiniLM LoRA adapter (router/published)
     slm-gateway router eval    accuracy, macro-F1, recall, confusion, latency on held-out data
     slm-gateway suite run      general vs domain adapters on the evaluation suite: table, JSON, plot
     slm-gateway gate replay    JSON lines {"domain", "delta"} in, the quality gate per line out
@@ -494,6 +495,24 @@ def cmd_router_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_router_tune(args: argparse.Namespace) -> int:
+    from router.data import load_corpus
+    from router.taxonomy import load_taxonomy
+    from router.train import training_examples
+    from router.tune import PUBLISHED_ENCODER, TuneConfig, tune_encoder
+
+    settings = load_settings(args.config)
+    _setup_logging("info")
+    examples = training_examples(load_taxonomy(settings.routing.taxonomy_file), load_corpus())
+    config = TuneConfig() if args.epochs is None else TuneConfig(epochs=args.epochs)
+    record = tune_encoder(
+        examples, args.out or PUBLISHED_ENCODER, config, progress=lambda m: print(m, flush=True)
+    )
+    print(json.dumps({k: record[k] for k in ("epochs", "chosen_epoch", "seconds")}, indent=2))
+    print("`slm-gateway router train` refits the heads on it (the cache key changed).")
+    return 0
+
+
 def cmd_router_eval(args: argparse.Namespace) -> int:
     from router import evaluate
     from router.data import conversations, load_corpus
@@ -671,6 +690,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, default=None, help="YAML settings file")
     p.add_argument("--force", action="store_true", help="retrain even if cached")
     p.set_defaults(func=cmd_router_train)
+    p = router.add_parser(
+        "tune", help="train the router's MiniLM LoRA adapter on the routing labels (~20 min)"
+    )
+    p.add_argument("--config", type=Path, default=None, help="YAML settings file")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="epochs to run (default 4); the best on the calib split is kept")
+    p.add_argument("--out", type=Path, default=None,
+                   help="adapter directory (default: router/published/minilm-domains)")
+    p.set_defaults(func=cmd_router_tune)
     p = router.add_parser("eval", help="evaluate the classifier on the held-out sets")
     p.add_argument("--config", type=Path, default=None, help="YAML settings file")
     p.add_argument("--threshold", type=float, default=None,
