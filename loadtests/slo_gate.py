@@ -6,7 +6,9 @@ system is not up.
                                  [-o slo.p95_latency_ms=2000 -o load.users=8 ...]
 
 Writes locust's CSV statistics and HTML report and the verdict (``slo_report.json``) to
-``--out-dir``. ``make loadtest`` runs it against ``make run``'s system.
+``--out-dir``. The verdict and the HTML report hold the final statistics; locust rewrites the
+CSV once a second, so it may miss the run's last second. ``make loadtest`` runs it against
+``make run``'s system.
 """
 
 from __future__ import annotations

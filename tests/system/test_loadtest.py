@@ -40,8 +40,10 @@ def test_gate_passes_then_fails_when_a_threshold_is_below_what_the_system_achiev
     assert any(n.startswith("POST chat/") for n in names)
     assert any(n.startswith("TTFT stream/") for n in names)
     assert verdict["observed"]["p95_ttft_ms"] is not None
-    stats = (tmp_path / "pass" / "locust_stats.csv").read_text()
-    assert "stream/" in stats and (tmp_path / "pass" / "locust.html").stat().st_size > 0
+    # locust's HTML report is written at exit from the final statistics; its CSV is a snapshot
+    # locust rewrites every second, so a run shorter than that may leave it empty of rows.
+    assert "stream/" in (tmp_path / "pass" / "locust.html").read_text()
+    assert (tmp_path / "pass" / "locust_stats.csv").read_text().startswith("Type,Name")
 
     assert failed.returncode == 1
     verdict = json.loads((tmp_path / "fail" / "slo_report.json").read_text())
