@@ -691,7 +691,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="retrain even if cached")
     p.set_defaults(func=cmd_router_train)
     p = router.add_parser(
-        "tune", help="train the router's MiniLM LoRA adapter on the routing labels (~20 min)"
+        "tune", help="train the router's MiniLM LoRA adapter on the routing labels (~30 min)"
     )
     p.add_argument("--config", type=Path, default=None, help="YAML settings file")
     p.add_argument("--epochs", type=int, default=None,

@@ -6,10 +6,10 @@ to writers the training data never saw. Fine-tuning the encoder on the routing t
 authored weights as in ``router/train.py``) moves requests of one domain together whatever their
 wording, which frozen sentence embeddings do not.
 
-The adapter is LoRA (peft) on every linear layer of the six transformer blocks: ~1.3 MB,
-committed under :data:`PUBLISHED_ENCODER`, so start-up only merges it into MiniLM before the int8
-quantization (``router/encoders.py``). ``slm-gateway router tune`` rebuilds it (about 20 min on
-2 cores, with progress). The linear heads are still fitted at start-up on top of the tuned
+The adapter is LoRA (peft) on every linear layer of the six transformer blocks: 2.7 MB,
+committed under :data:`PUBLISHED_ENCODER`, so start-up only merges it into MiniLM, which then
+serves in float32 (``router/encoders.py``). ``slm-gateway router tune`` rebuilds it (about 30 min
+on 2 cores, with progress). The linear heads are still fitted at start-up on top of the tuned
 embedding, so operator example prompts and new domains keep working without tuning again.
 
 The number of epochs is chosen on the ``calib`` split (accuracy of the tuned model's own head on
@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from router.data import CALIB, TRAIN, Example
+from router.encoders import MINILM_MAX_TOKENS, minilm_path
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ class TuneConfig:
     head_lr: float = 1e-2
     rank: int = 16
     batch_size: int = 32
-    max_tokens: int = 128  # as served (router/encoders.py MINILM_MAX_TOKENS)
+    max_tokens: int = MINILM_MAX_TOKENS  # as served
     warmup: float = 0.06  # fraction of the steps
     seed: int = 0
 
@@ -64,7 +65,6 @@ def tune_encoder(
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModel, AutoTokenizer
 
-    from router.encoders import minilm_path
     from router.train import _is_user_written, _labeled
 
     torch.manual_seed(config.seed)
