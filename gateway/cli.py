@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import json
 import logging
@@ -504,7 +505,11 @@ def cmd_router_tune(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
     _setup_logging("info")
     examples = training_examples(load_taxonomy(settings.routing.taxonomy_file), load_corpus())
-    config = TuneConfig() if args.epochs is None else TuneConfig(epochs=args.epochs)
+    config = TuneConfig()
+    if args.epochs is not None:
+        config = dataclasses.replace(config, epochs=args.epochs)
+    if args.rank is not None:
+        config = dataclasses.replace(config, rank=args.rank)
     record = tune_encoder(
         examples, args.out or PUBLISHED_ENCODER, config, progress=lambda m: print(m, flush=True)
     )
@@ -696,6 +701,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, default=None, help="YAML settings file")
     p.add_argument("--epochs", type=int, default=None,
                    help="epochs to run (default 4); the best on the calib split is kept")
+    p.add_argument("--rank", type=int, default=None, help="LoRA rank (default 16)")
     p.add_argument("--out", type=Path, default=None,
                    help="adapter directory (default: router/published/minilm-domains)")
     p.set_defaults(func=cmd_router_tune)
