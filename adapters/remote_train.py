@@ -29,7 +29,7 @@ import multiprocessing
 import shutil
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -232,53 +232,104 @@ def verify_bundle(bundle: Path, cache_dir: Path) -> None:
 # --- run (on the accelerator) ------------------------------------------------------------------
 
 
-# domain, dense checkpoint, data file, output dir, grid, calib choice items, current adapter
-Job = tuple[str, str, str, str, tuple[TrainConfig, ...], int, str]
 CURRENT = "current"  # the trial that scores the published adapter as it is
+PARTIAL_DIR = "partial"  # one <domain>.json per domain, rewritten after every trial
 
 
-def _run_domain(job: Job) -> dict[str, Any]:
+@dataclass(frozen=True)
+class DomainJob:
+    """One worker's task: every grid configuration for one domain."""
+
+    domain: str
+    checkpoint: str  # the dense bf16 base
+    data_path: str
+    out: str  # the run's output folder: adapters/<domain>/ and partial/<domain>.json
+    grid: tuple[TrainConfig, ...]
+    max_choices: int
+    current: str  # the published adapter's folder, or "" to skip it
+    deadline: float = 0.0  # wall-clock time (time.time()) after which no trial starts; 0: none
+
+
+def fits_before(deadline: float, config: TrainConfig, trials: list[dict[str, Any]],
+                now: float) -> bool:
+    """Whether ``config`` can still finish before ``deadline``, judged by the seconds per step
+    of the trials already run (the multiple-choice loss costs more per step, so a trial with it
+    is judged by such trials where there are any). The first trial always runs: a lease that
+    cannot fit one trial per domain is too short for anything."""
+    timed = [t for t in trials if t.get("steps")]
+    if deadline <= 0 or not timed:
+        return True
+    alike = [t for t in timed if (t["choice_weight"] > 0) == (config.choice_weight > 0)]
+    basis = alike or timed
+    per_step = max(float(t["seconds"]) / int(t["steps"]) for t in basis)
+    if config.choice_weight > 0 and not alike:
+        per_step *= 3  # one extra forward and backward over 8 items' options per step
+    return now + per_step * config.steps < deadline
+
+
+def _domain_summary(job: DomainJob, general: dict[str, float], choices: int, train: int,
+                    trials: list[dict[str, Any]], best: int | None, device: str) -> dict[str, Any]:
+    import torch
+
+    return {"domain": job.domain, "general": {k: round(v, 4) for k, v in general.items()},
+            "choice_items": choices, "train_examples": train,
+            "chosen": trials[best]["config"] if best is not None else None, "trials": trials,
+            "device": device,
+            "device_name": torch.cuda.get_device_name() if device == "cuda" else "cpu"}
+
+
+def _run_domain(job: DomainJob) -> dict[str, Any]:
     import torch
     from transformers import AutoModelForCausalLM
 
-    domain, checkpoint, data_path, out, grid, max_choices, current = job
-    with gzip.open(data_path, "rt") as fh:
+    with gzip.open(job.data_path, "rt") as fh:
         data = json.load(fh)
     pad_id = int(data["pad_id"])
-    spec = data["domains"][domain]
+    spec = data["domains"][job.domain]
     train = [(ids, mask) for ids, mask in spec["train"]]
     held_out = [(ids, mask) for ids, mask in spec["held_out"]]
-    choices = [ChoiceItem(**c) for c in spec["choices"]][:max_choices]
+    choices = [ChoiceItem(**c) for c in spec["choices"]][:job.max_choices]
     train_choices = [ChoiceItem(**c) for c in spec.get("train_choices", [])]
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    partial = Path(job.out) / PARTIAL_DIR / f"{job.domain}.json"
+    partial.parent.mkdir(parents=True, exist_ok=True)
 
     def fresh() -> Any:
         kwargs: dict[str, Any] = {"dtype": torch.bfloat16}
-        model: Any = AutoModelForCausalLM.from_pretrained(checkpoint, **kwargs)
+        model: Any = AutoModelForCausalLM.from_pretrained(job.checkpoint, **kwargs)
         return model.to(device).eval()
 
     def ppl(model: Any) -> float:
         return round(answer_perplexity(model, held_out, pad_id).value, 4)
 
+    trials: list[dict[str, Any]] = []
+    best: tuple[float, int] | None = None
+
+    def summary() -> dict[str, Any]:
+        return _domain_summary(job, general, len(choices), len(train), trials,
+                               best[1] if best else None, device)
+
     base = fresh()
     general = {"calib_accuracy": choice_accuracy(base, choices, pad_id=pad_id),
                "perplexity": ppl(base)}
-    trials: list[dict[str, Any]] = []
-    best: tuple[float, int] | None = None
-    if current:  # the published adapter competes too: a new one must beat it on calib
+    if job.current:  # the published adapter competes too: a new one must beat it on calib
         from peft import PeftModel
 
-        published = PeftModel.from_pretrained(base, current).eval()
+        published = PeftModel.from_pretrained(base, job.current).eval()
         accuracy = choice_accuracy(published, choices, pad_id=pad_id)
-        trials.append({"config": CURRENT, "path": current, "calib_accuracy": round(accuracy, 4),
-                       "perplexity": ppl(published)})
-        print(json.dumps({"domain": domain, **trials[-1]}), flush=True)
+        trials.append({"config": CURRENT, "path": job.current,
+                       "calib_accuracy": round(accuracy, 4), "perplexity": ppl(published)})
+        print(json.dumps({"domain": job.domain, **trials[-1]}), flush=True)
         best = (accuracy, 0)
     del base
-    for config in grid:
+    for config in job.grid:
+        if not fits_before(job.deadline, config, trials, time.time()):
+            trials.append({"config": config_id(config), "skipped": "would pass the deadline"})
+            print(json.dumps({"domain": job.domain, **trials[-1]}), flush=True)
+            continue
         started = time.monotonic()
         fit = fit_lora(fresh(), train, config, pad_id=pad_id, choice_items=train_choices,
-                       label=f"{domain} {config_id(config)}: ",
+                       label=f"{job.domain} {config_id(config)}: ",
                        progress=lambda line: print(line, flush=True))
         accuracy = choice_accuracy(fit.model, choices, pad_id=pad_id)
         trial = {"config": config_id(config), "steps": config.steps,
@@ -290,23 +341,36 @@ def _run_domain(job: Job) -> dict[str, Any]:
                  "choice_weight": config.choice_weight,
                  "loss_curve": fit.losses, "seconds": round(time.monotonic() - started, 1)}
         trials.append(trial)
-        print(json.dumps({"domain": domain, **{k: v for k, v in trial.items()
-                                               if k not in ("loss_curve", "train_config")}}),
+        print(json.dumps({"domain": job.domain, **{k: v for k, v in trial.items()
+                                                   if k not in ("loss_curve", "train_config")}}),
               flush=True)
         if best is None or accuracy > best[0]:
-            best = (accuracy, len(trials) - 1)
             for parameter in fit.trainable:
                 parameter.data = parameter.data.to(torch.bfloat16)
-            target = Path(out) / domain
+            target = Path(job.out) / "adapters" / job.domain
             shutil.rmtree(target, ignore_errors=True)
             fit.model.save_pretrained(str(target))
             (target / "README.md").unlink(missing_ok=True)
+            best = (accuracy, len(trials) - 1)  # only once its files are written
         del fit
-    assert best is not None
-    return {"domain": domain, "general": {k: round(v, 4) for k, v in general.items()},
-            "choice_items": len(choices), "train_examples": len(train),
-            "chosen": trials[best[1]]["config"], "trials": trials, "device": device,
-            "device_name": torch.cuda.get_device_name() if device == "cuda" else "cpu"}
+        # Rewritten after every trial: a run stopped at a time limit keeps every finished one.
+        partial.write_text(json.dumps(summary()))
+    result = summary()
+    partial.write_text(json.dumps(result))
+    return result
+
+
+def collect_results(out: Path) -> dict[str, Any]:
+    """The run's summary: ``remote_train.json`` completed by the per-domain partial results of
+    domains a stopped run did not finish."""
+    summary: dict[str, Any] = {"domains": {}}
+    if (out / RESULTS_FILE).exists():
+        summary = json.loads((out / RESULTS_FILE).read_text())
+    for path in sorted((out / PARTIAL_DIR).glob("*.json")):
+        domain = json.loads(path.read_text())
+        if domain["domain"] not in summary["domains"] and domain["chosen"] is not None:
+            summary["domains"][domain["domain"]] = {**domain, "stopped": True}
+    return summary
 
 
 def parse_grid(text: str) -> tuple[TrainConfig, ...]:
@@ -326,10 +390,13 @@ def parse_grid(text: str) -> tuple[TrainConfig, ...]:
 
 def run_bundle(bundle: Path, out: Path, domains: list[str] | None, workers: int, *,
                grid: tuple[TrainConfig, ...] = GRID, choice_items: int = CHOICE_ITEMS,
-               published: Path | None = None, smoke: bool = False) -> None:
+               published: Path | None = None, smoke: bool = False,
+               budget_s: float = 0.0) -> None:
     """``smoke``: two steps and five items per domain, to check the code path on a CPU.
     ``published``: score each domain's current adapter (``<published>/<domain>-lora/v*``,
-    the newest) as one more trial."""
+    the newest) as one more trial. ``budget_s``: no trial starts that would end after this
+    many seconds from now (judged by the domain's earlier trials), for a lease of fixed
+    length; order the grid by priority."""
     if smoke:
         grid = (TrainConfig(steps=2, warmup_steps=1),
                 TrainConfig(steps=2, warmup_steps=1, choice_weight=1.0, choice_batch=2))
@@ -344,8 +411,7 @@ def run_bundle(bundle: Path, out: Path, domains: list[str] | None, workers: int,
         raise SystemExit(f"{bundle}: no training choice items (a bundle exported before the "
                          "choice loss): export it again")
     checkpoint = write_dense_checkpoint(bundle, out / "base")
-    adapters_dir = out / "adapters"
-    adapters_dir.mkdir(parents=True, exist_ok=True)
+
     def current(domain: str) -> str:
         if published is None:
             return ""
@@ -353,15 +419,20 @@ def run_bundle(bundle: Path, out: Path, domains: list[str] | None, workers: int,
                           key=lambda p: int(p.name[1:]))
         return str(versions[-1].resolve()) if versions else ""
 
-    jobs: list[Job] = [(d, str(checkpoint), str(bundle / DATA_FILE), str(adapters_dir), grid,
-                        choice_items, current(d)) for d in wanted]
+    deadline = time.time() + budget_s if budget_s else 0.0
+    jobs = [DomainJob(domain=d, checkpoint=str(checkpoint), data_path=str(bundle / DATA_FILE),
+                      out=str(out), grid=grid, max_choices=choice_items, current=current(d),
+                      deadline=deadline) for d in wanted]
     started = time.monotonic()
     summary: dict[str, Any] = {"base": data["base"], "grid": [asdict(c) for c in grid],
-                               "choice_items_max": choice_items, "domains": {}}
+                               "choice_items_max": choice_items, "budget_s": budget_s,
+                               "domains": {}}
+    (out / RESULTS_FILE).write_text(json.dumps(summary, indent=1))  # before any domain ends
     results = []
     ctx = multiprocessing.get_context("spawn")  # CUDA cannot be forked
     with ctx.Pool(min(workers, len(jobs))) as pool:
-        # Written after every domain, so a run stopped at a time limit keeps what it finished.
+        # Written after every domain, so a run stopped at a time limit keeps what it finished
+        # (and the domains it did not finish keep their finished trials in partial/).
         for result in pool.imap_unordered(_run_domain, jobs):
             results.append(result)
             summary["domains"][result["domain"]] = result
@@ -393,7 +464,7 @@ def import_results(results_dir: Path, manifest: Path, published: Path) -> None:
     )
     from adapters.train import RECORD_FILE, TrainingRecord, source_counts
 
-    summary = json.loads((results_dir / RESULTS_FILE).read_text())
+    summary = collect_results(results_dir)
     entries = load_manifest(manifest)
     known = set(LoraConfig.__dataclass_fields__)
     for domain, result in summary["domains"].items():
@@ -463,6 +534,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--published", type=Path, default=None,
                    help="score each domain's published adapter as one more trial")
     p.add_argument("--smoke", action="store_true", help="2 steps, 5 items: a CPU check")
+    p.add_argument("--budget-s", type=float, default=0.0,
+                   help="start no trial that would end later than this (seconds from now)")
     p = sub.add_parser("import")
     p.add_argument("--results", type=Path, required=True)
     p.add_argument("--manifest", type=Path, default=Path("adapters/published/manifest.yaml"))
@@ -476,7 +549,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "run":
         run_bundle(args.bundle, args.out, args.domains.split(",") if args.domains else None,
                    args.workers, grid=args.grid, choice_items=args.choice_items,
-                   published=args.published, smoke=args.smoke)
+                   published=args.published, smoke=args.smoke, budget_s=args.budget_s)
     else:
         import_results(args.results, args.manifest, args.published)
     return 0

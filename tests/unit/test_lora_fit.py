@@ -4,6 +4,8 @@ of the served weights (adapters/lora_fit.py, adapters/remote_train.py)."""
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -173,3 +175,40 @@ def test_answer_perplexity_equals_the_full_forward_pass() -> None:
     got = answer_perplexity(model, encoded, pad_id=0)
     assert got.tokens == tokens
     assert got.value == pytest.approx(Perplexity(nll=nll / tokens, tokens=tokens).value, rel=1e-4)
+
+
+def test_a_trial_that_would_pass_the_deadline_is_skipped() -> None:
+    from adapters.remote_train import fits_before
+
+    plain = TrainConfig(steps=600)
+    choice = TrainConfig(steps=200, choice_weight=1.0)
+    assert fits_before(0.0, plain, [], now=1e9)  # no deadline
+    assert fits_before(100.0, plain, [], now=99.0)  # nothing timed yet: the first trial runs
+    timed: list[dict[str, Any]] = [
+        {"config": "current", "calib_accuracy": 0.3},  # untimed: not a basis
+        {"steps": 100, "seconds": 10.0, "choice_weight": 0.0}]  # 0.1 s a step
+    assert fits_before(100.0, plain, timed, now=30.0)  # ends at 90
+    assert not fits_before(100.0, plain, timed, now=50.0)  # would end at 110
+    # No choice-loss trial timed yet: judged at three times the plain rate (60 s).
+    assert fits_before(100.0, choice, timed, now=30.0)
+    assert not fits_before(100.0, choice, timed, now=50.0)
+
+
+def test_results_of_a_stopped_run_keep_the_finished_trials_of_unfinished_domains(
+        tmp_path: Path) -> None:
+    import json
+
+    from adapters.remote_train import PARTIAL_DIR, RESULTS_FILE, collect_results
+
+    (tmp_path / RESULTS_FILE).write_text(json.dumps(
+        {"base": {"base_id": "b"}, "domains": {"legal": {"domain": "legal", "chosen": "x"}}}))
+    (tmp_path / PARTIAL_DIR).mkdir()
+    for domain, chosen in (("legal", "stale"), ("physics", "s200"), ("finance", None)):
+        (tmp_path / PARTIAL_DIR / f"{domain}.json").write_text(
+            json.dumps({"domain": domain, "chosen": chosen}))
+    summary = collect_results(tmp_path)
+    assert summary["base"] == {"base_id": "b"}
+    assert summary["domains"]["legal"]["chosen"] == "x"  # finished: the final result wins
+    assert summary["domains"]["physics"] == {"domain": "physics", "chosen": "s200",
+                                             "stopped": True}
+    assert "finance" not in summary["domains"]  # no trial finished: nothing to import
