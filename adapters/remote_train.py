@@ -328,9 +328,17 @@ def _run_domain(job: DomainJob) -> dict[str, Any]:
             print(json.dumps({"domain": job.domain, **trials[-1]}), flush=True)
             continue
         started = time.monotonic()
-        fit = fit_lora(fresh(), train, config, pad_id=pad_id, choice_items=train_choices,
-                       label=f"{job.domain} {config_id(config)}: ",
-                       progress=lambda line: print(line, flush=True))
+        try:
+            fit = fit_lora(fresh(), train, config, pad_id=pad_id, choice_items=train_choices,
+                           label=f"{job.domain} {config_id(config)}: ",
+                           progress=lambda line: print(line, flush=True))
+        except torch.OutOfMemoryError:
+            # Workers share one accelerator: a trial that does not fit beside the others is
+            # recorded and skipped; raised, it would end every domain's run (the pool stops).
+            torch.cuda.empty_cache()
+            trials.append({"config": config_id(config), "skipped": "out of memory"})
+            print(json.dumps({"domain": job.domain, **trials[-1]}), flush=True)
+            continue
         accuracy = choice_accuracy(fit.model, choices, pad_id=pad_id)
         trial = {"config": config_id(config), "steps": config.steps,
                  "learning_rate": config.learning_rate, "first_layer": config.first_layer,

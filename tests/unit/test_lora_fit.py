@@ -212,3 +212,38 @@ def test_results_of_a_stopped_run_keep_the_finished_trials_of_unfinished_domains
     assert summary["domains"]["physics"] == {"domain": "physics", "chosen": "s200",
                                              "stopped": True}
     assert "finance" not in summary["domains"]  # no trial finished: nothing to import
+
+
+def test_a_trial_out_of_accelerator_memory_is_recorded_and_the_grid_goes_on(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import gzip
+    import json
+
+    from adapters import remote_train
+
+    checkpoint = tmp_path / "base"
+    _tiny_llama().save_pretrained(checkpoint)
+    item = ChoiceItem(context=[5, 6, 7], options=[[8], [9]], option_texts=["a", "b"], answer=1,
+                      method="loglik")
+    encoded = [[[5, 6, 7, 9], [0, 0, 0, 1]]] * 8
+    data = {"pad_id": 0, "domains": {"physics": {
+        "train": encoded, "held_out": encoded[:2], "choices": [dataclasses.asdict(item)]}}}
+    with gzip.open(tmp_path / "data.json.gz", "wt") as fh:
+        json.dump(data, fh)
+    real_fit = remote_train.fit_lora
+
+    def fit_or_run_out(model: Any, examples: Any, config: TrainConfig, **kwargs: Any) -> Any:
+        if config.steps == 3:
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return real_fit(model, examples, config, **kwargs)
+
+    monkeypatch.setattr(remote_train, "fit_lora", fit_or_run_out)
+    job = remote_train.DomainJob(
+        domain="physics", checkpoint=str(checkpoint), data_path=str(tmp_path / "data.json.gz"),
+        out=str(tmp_path / "run"), max_choices=5, current="",
+        grid=(TrainConfig(steps=3, first_layer=1), TrainConfig(steps=2, first_layer=1, rank=2)))
+    result = remote_train._run_domain(job)
+    assert [t["config"] for t in result["trials"]] == ["s3-lr0.0005-l1", "s2-lr0.0005-l1"]
+    assert result["trials"][0]["skipped"] == "out of memory"
+    assert result["chosen"] == "s2-lr0.0005-l1"
+    assert (tmp_path / "run" / "adapters" / "physics" / "adapter_model.safetensors").exists()
