@@ -70,6 +70,8 @@ BRIEFS: dict[str, str] = {
     "eval-c": "X: busy professionals at work",
     "eval-d": "Y: learners and non-native writers",
     "eval-e": "V: a tester's probe set (SLM-Bench shapes in own words, plain asks)",
+    "eval-f": "W: work messages (forwarded mails, Slack, tickets), a writer blind to the repo",
+    "eval-g": "U: local contexts worldwide, second-language writers, blind to the repo",
     "eval-z": "Z: chat logs (bare answers, pronouns, abrupt switches)",
 }
 # Benchmark examples kept per domain: enough to learn the vocabulary without letting the big

@@ -5,7 +5,8 @@ Held-out sets, reported separately (none of them trains, calibrates or tunes any
 * ``realistic`` — requests written independently of the training files, one table row per
   brief (``router.data.BRIEFS``): E0 shares its brief with the oldest training files, X, Y and
   V come from briefs no training file used (the targets apply to them: the writer gap; X+Y is
-  kept as its own row so rounds stay comparable, V was added in round 3);
+  kept as its own row so rounds stay comparable, V was added in round 3); W and U, written later
+  by writers that never saw the repository and scored once, have their own row;
 * ``test`` — benchmark questions in the test split (disjoint from training and calibration);
 * ``conversations`` — held-out multi-turn chats (brief Z), routed by the whole conversation and,
   for comparison, by the last user turn alone;
@@ -38,6 +39,10 @@ _Array = np.ndarray[Any, np.dtype[Any]]
 # target since round 1; V (eval-e, round 3) is reported on its own and in the X+Y+V row.
 UNSEEN_BRIEFS = ("eval-c", "eval-d")
 NEW_BRIEFS = ("eval-e",)
+# W and U (eval-f, eval-g): written after round 5 by two writers that never saw the repository
+# (neither its training files nor the other held-out sets), and scored once, with nothing changed
+# after: the check that X, Y and V, scored after each of five rounds, can no longer give.
+FRESH_BRIEFS = ("eval-f", "eval-g")
 TOP_ERRORS = 20
 
 
@@ -233,6 +238,7 @@ def evaluate(
         "realistic_unseen_briefs_xyv": [
             e for f in (*UNSEEN_BRIEFS, *NEW_BRIEFS) for e in by_file.get(f, [])
         ],
+        "realistic_fresh_writers": [e for f in FRESH_BRIEFS for e in by_file.get(f, [])],
         **{f"brief:{name}": rows for name, rows in sorted(by_file.items())},
         TEST: [e for e in corpus if e.split == TEST],
     }

@@ -63,6 +63,11 @@ def test_briefs_the_training_never_saw_have_held_out_requests_for_every_domain()
     counts = Counter(e.domain for e in authored_examples() if e.source == "authored/eval-e")
     assert all(counts[domain] >= 10 for domain in load_taxonomy().ids), counts
     assert counts[None] >= 20
+    # Round 6's blind writers (W, U): 8 per domain and 16 outside each before leak control.
+    for brief in ("eval-f", "eval-g"):
+        counts = Counter(e.domain for e in authored_examples() if e.source == f"authored/{brief}")
+        assert all(counts[domain] >= 4 for domain in load_taxonomy().ids), (brief, counts)
+        assert counts[None] >= 10, brief
 
 
 def test_training_chats_teach_follow_ups_and_held_out_chats_cover_both_kinds() -> None:
