@@ -447,6 +447,9 @@ def run_bundle(bundle: Path, out: Path, domains: list[str] | None, workers: int,
             summary["seconds"] = round(time.monotonic() - started, 1)
             (out / RESULTS_FILE).write_text(json.dumps(summary, indent=1))
     for r in results:
+        if r["chosen"] is None:
+            print(f"{r['domain']}: no trial finished", flush=True)
+            continue
         chosen = next(t for t in r["trials"] if t["config"] == r["chosen"])
         print(f"{r['domain']}: general {r['general']['calib_accuracy']:.3f} -> "
               f"{chosen['calib_accuracy']:.3f} ({r['chosen']})", flush=True)
@@ -477,8 +480,9 @@ def import_results(results_dir: Path, manifest: Path, published: Path) -> None:
     known = set(LoraConfig.__dataclass_fields__)
     for domain, result in summary["domains"].items():
         name = f"{domain}-lora"
-        if result["chosen"] == CURRENT:
-            print(f"{name}: the published adapter stays (best on calib)")
+        if result["chosen"] in (CURRENT, None):
+            print(f"{name}: the published adapter stays "
+                  f"({'best on calib' if result['chosen'] else 'no trial finished'})")
             continue
         versions = [e for e in entries if e.name == name]
         version = max((e.version for e in versions), default=0) + 1

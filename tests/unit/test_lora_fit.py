@@ -247,3 +247,7 @@ def test_a_trial_out_of_accelerator_memory_is_recorded_and_the_grid_goes_on(
     assert result["trials"][0]["skipped"] == "out of memory"
     assert result["chosen"] == "s2-lr0.0005-l1"
     assert (tmp_path / "run" / "adapters" / "physics" / "adapter_model.safetensors").exists()
+    # Every trial out of memory and no published adapter: nothing chosen, nothing to import.
+    alone = dataclasses.replace(job, out=str(tmp_path / "run2"), grid=job.grid[:1])
+    assert remote_train._run_domain(alone)["chosen"] is None
+    assert remote_train.collect_results(tmp_path / "run2")["domains"] == {}
