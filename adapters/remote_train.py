@@ -267,17 +267,6 @@ def fits_before(deadline: float, config: TrainConfig, trials: list[dict[str, Any
     return now + per_step * config.steps < deadline
 
 
-def _domain_summary(job: DomainJob, general: dict[str, float], choices: int, train: int,
-                    trials: list[dict[str, Any]], best: int | None, device: str) -> dict[str, Any]:
-    import torch
-
-    return {"domain": job.domain, "general": {k: round(v, 4) for k, v in general.items()},
-            "choice_items": choices, "train_examples": train,
-            "chosen": trials[best]["config"] if best is not None else None, "trials": trials,
-            "device": device,
-            "device_name": torch.cuda.get_device_name() if device == "cuda" else "cpu"}
-
-
 def _run_domain(job: DomainJob) -> dict[str, Any]:
     import torch
     from transformers import AutoModelForCausalLM
@@ -291,6 +280,7 @@ def _run_domain(job: DomainJob) -> dict[str, Any]:
     choices = [ChoiceItem(**c) for c in spec["choices"]][:job.max_choices]
     train_choices = [ChoiceItem(**c) for c in spec.get("train_choices", [])]
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    device_name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
     partial = Path(job.out) / PARTIAL_DIR / f"{job.domain}.json"
     partial.parent.mkdir(parents=True, exist_ok=True)
 
@@ -306,8 +296,16 @@ def _run_domain(job: DomainJob) -> dict[str, Any]:
     best: tuple[float, int] | None = None
 
     def summary() -> dict[str, Any]:
-        return _domain_summary(job, general, len(choices), len(train), trials,
-                               best[1] if best else None, device)
+        return {"domain": job.domain, "general": {k: round(v, 4) for k, v in general.items()},
+                "choice_items": len(choices), "train_examples": len(train),
+                "chosen": trials[best[1]]["config"] if best else None, "trials": trials,
+                "device": device, "device_name": device_name}
+
+    def record(trial: dict[str, Any]) -> None:
+        trials.append(trial)
+        print(json.dumps({"domain": job.domain, **{k: v for k, v in trial.items()
+                                                   if k not in ("loss_curve", "train_config")}}),
+              flush=True)
 
     base = fresh()
     general = {"calib_accuracy": choice_accuracy(base, choices, pad_id=pad_id),
@@ -317,15 +315,13 @@ def _run_domain(job: DomainJob) -> dict[str, Any]:
 
         published = PeftModel.from_pretrained(base, job.current).eval()
         accuracy = choice_accuracy(published, choices, pad_id=pad_id)
-        trials.append({"config": CURRENT, "path": job.current,
-                       "calib_accuracy": round(accuracy, 4), "perplexity": ppl(published)})
-        print(json.dumps({"domain": job.domain, **trials[-1]}), flush=True)
+        record({"config": CURRENT, "path": job.current, "calib_accuracy": round(accuracy, 4),
+                "perplexity": ppl(published)})
         best = (accuracy, 0)
     del base
     for config in job.grid:
         if not fits_before(job.deadline, config, trials, time.time()):
-            trials.append({"config": config_id(config), "skipped": "would pass the deadline"})
-            print(json.dumps({"domain": job.domain, **trials[-1]}), flush=True)
+            record({"config": config_id(config), "skipped": "would pass the deadline"})
             continue
         started = time.monotonic()
         try:
@@ -336,22 +332,17 @@ def _run_domain(job: DomainJob) -> dict[str, Any]:
             # Workers share one accelerator: a trial that does not fit beside the others is
             # recorded and skipped; raised, it would end every domain's run (the pool stops).
             torch.cuda.empty_cache()
-            trials.append({"config": config_id(config), "skipped": "out of memory"})
-            print(json.dumps({"domain": job.domain, **trials[-1]}), flush=True)
+            record({"config": config_id(config), "skipped": "out of memory"})
             continue
         accuracy = choice_accuracy(fit.model, choices, pad_id=pad_id)
-        trial = {"config": config_id(config), "steps": config.steps,
-                 "learning_rate": config.learning_rate, "first_layer": config.first_layer,
-                 "layers": f"{fit.layers[0]}-{fit.layers[-1]}", "train_config": asdict(config),
-                 "calib_accuracy": round(accuracy, 4),
-                 "perplexity": ppl(fit.model),
-                 "train_loss": round(sum(fit.losses[-10:]) / len(fit.losses[-10:]), 4),
-                 "choice_weight": config.choice_weight,
-                 "loss_curve": fit.losses, "seconds": round(time.monotonic() - started, 1)}
-        trials.append(trial)
-        print(json.dumps({"domain": job.domain, **{k: v for k, v in trial.items()
-                                                   if k not in ("loss_curve", "train_config")}}),
-              flush=True)
+        record({"config": config_id(config), "steps": config.steps,
+                "learning_rate": config.learning_rate, "first_layer": config.first_layer,
+                "layers": f"{fit.layers[0]}-{fit.layers[-1]}", "train_config": asdict(config),
+                "calib_accuracy": round(accuracy, 4),
+                "perplexity": ppl(fit.model),
+                "train_loss": round(sum(fit.losses[-10:]) / len(fit.losses[-10:]), 4),
+                "choice_weight": config.choice_weight,
+                "loss_curve": fit.losses, "seconds": round(time.monotonic() - started, 1)})
         if best is None or accuracy > best[0]:
             for parameter in fit.trainable:
                 parameter.data = parameter.data.to(torch.bfloat16)
